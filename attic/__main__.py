@@ -1,0 +1,3 @@
+from attic.cli import main
+
+main()

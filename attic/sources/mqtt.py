@@ -1,0 +1,240 @@
+"""The MQTT source of one stream: a paho-mqtt 2.x client that timestamps and enqueues.
+
+``on_message`` runs on paho's network thread and is the budget to protect: it takes the
+reception time first, then puts a plain tuple ``(ts_us, topic, payload, qos, retain, token)``
+on the writer's bounded queue, and does nothing else. When the queue is full it waits
+(backpressure), so with QoS >= 1 the broker holds the rest.
+
+QoS >= 1 streams use a persistent session (fixed client id, clean start off, a session
+expiry) and manual acknowledgement: the writer calls ``ack(tokens)`` after the commit that
+holds the messages. A token packs ``mid | qos << 16 | generation << 18``; acks are sent
+only for messages of the current connection, since after a reconnect the broker redelivers
+what was not acknowledged (at-least-once: a duplicate row is possible, a lost one is not).
+
+paho is imported only here: its API changes between major versions.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import socket
+import ssl
+import sys
+import threading
+import time
+from collections.abc import Callable
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from attic.config import Broker, default_client_id
+
+log = logging.getLogger("attic.mqtt")
+
+EventSink = Callable[[str, str], None]  # (kind, detail) → an attic_events row
+
+
+def make_client(broker: Broker, client_id: str, persistent: bool, manual_ack: bool = False) -> mqtt.Client:
+    """Given broker settings, return a configured (not yet connected) paho client."""
+    v5 = broker.protocol == "5"
+    client = mqtt.Client(
+        CallbackAPIVersion.VERSION2,
+        client_id=client_id,
+        protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
+        clean_session=None if v5 else not persistent,
+        manual_ack=manual_ack,
+    )
+    if broker.username is not None:
+        client.username_pw_set(broker.username, broker.password)
+    if broker.tls is not None:
+        tls = broker.tls
+        client.tls_set(ca_certs=str(tls.ca_file) if tls.ca_file else None,
+                       certfile=str(tls.cert_file) if tls.cert_file else None,
+                       keyfile=str(tls.key_file) if tls.key_file else None,
+                       cert_reqs=ssl.CERT_NONE if tls.insecure else ssl.CERT_REQUIRED)
+        if tls.insecure:
+            client.tls_insecure_set(True)
+    client.reconnect_delay_set(1, 60)
+    return client
+
+
+def connect_async(client: mqtt.Client, broker: Broker, persistent: bool) -> None:
+    """Start connecting (the network loop does the rest), with the session settings for ``persistent``."""
+    if broker.protocol == "5":
+        properties = Properties(PacketTypes.CONNECT)
+        properties.SessionExpiryInterval = int(broker.session_expiry_s) if persistent else 0
+        client.connect_async(broker.host, broker.port, int(broker.keepalive_s),
+                             clean_start=not persistent, properties=properties)
+    else:
+        client.connect_async(broker.host, broker.port, int(broker.keepalive_s))
+
+
+class MqttSource:
+    """Subscribes one stream's topic and feeds its writer queue."""
+
+    def __init__(self, stream: str, topic: str, qos: int, broker: Broker, records: queue.Queue,
+                 event: EventSink, stall_after_s: float | None = None, worker: int | None = None,
+                 workers: int = 1):
+        self.stream = stream
+        self.qos = qos
+        self.broker = broker
+        self.queue = records
+        self.event = event
+        self.stall_after_s = stall_after_s
+        self.persistent = qos > 0
+        self.topic = f"$share/attic-{stream}/{topic}" if workers > 1 else topic
+        self.client_id = broker.client_id or default_client_id(stream, worker)
+        if broker.client_id and worker is not None:
+            self.client_id = f"{broker.client_id}-w{worker}"
+        self.address = f"{broker.host}:{broker.port}"
+        self.received = 0
+        self.dropped = 0        # QoS 0 messages refused while stopping (counted, never silent)
+        self.reconnects = 0
+        self.last_message = time.time_ns() // 1000  # µs; read by the watchdog
+        self._generation = 0    # bumps on every connect; see ack()
+        self._connected = False
+        self._down_logged = False
+        self._intake = True
+        self._closing = threading.Event()
+        self._watchdog: threading.Thread | None = None
+        self.client = make_client(broker, self.client_id, self.persistent, manual_ack=self.persistent)
+        self.client.on_connect = self._on_connect
+        self.client.on_connect_fail = self._on_connect_fail
+        self.client.on_disconnect = self._on_disconnect
+        self.client.on_subscribe = self._on_subscribe
+        self.client.on_message = self._on_message
+
+    # ------------------------------------------------------------------ life cycle
+
+    def start(self) -> None:
+        connect_async(self.client, self.broker, self.persistent)
+        self.client.loop_start()
+        if self.stall_after_s:
+            self._watchdog = threading.Thread(target=self._watch, name=f"attic-watchdog-{self.stream}")
+            self._watchdog.start()
+
+    def stop_intake(self) -> None:
+        """Take no more messages: from now on QoS >= 1 messages stay unacked for redelivery."""
+        self._intake = False
+
+    def close(self) -> None:
+        """Disconnect (the persistent session stays on the broker) and end the network thread."""
+        self._closing.set()
+        self.client.disconnect()
+        self.client.loop_stop()
+        if self._watchdog is not None:
+            self._watchdog.join()
+
+    # ------------------------------------------------------------------ the hot path
+
+    def _on_message(self, client: mqtt.Client, userdata: object, message: mqtt.MQTTMessage) -> None:
+        ts_us = time.time_ns() // 1000  # reception time: the first thing done
+        qos = message.qos
+        token = message.mid | qos << 16 | self._generation << 18 if qos else 0
+        item = (ts_us, message.topic, message.payload, qos, message.retain, token)
+        self.received += 1
+        self.last_message = ts_us
+        if self._intake:
+            try:
+                self.queue.put_nowait(item)
+                return
+            except queue.Full:
+                pass
+            while self._intake:  # backpressure: the writer is behind or the disk is failing
+                try:
+                    self.queue.put(item, timeout=0.5)
+                    return
+                except queue.Full:
+                    continue
+        if not qos:
+            self.dropped += 1  # QoS 0 while stopping: the protocol keeps no copy; count it
+
+    def ack(self, tokens: list[int]) -> None:
+        """Acknowledge committed messages (called by the writer thread after a commit)."""
+        generation = self._generation
+        ack = self.client.ack
+        for token in tokens:
+            if token >> 18 == generation:
+                ack(token & 0xFFFF, (token >> 16) & 3)
+
+    # ------------------------------------------------------------------ connection state
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        if reason_code.is_failure:
+            if not self._down_logged:
+                log.error("stream %s: %s refused the connection (%s); retrying with backoff up to 60s",
+                          self.stream, self.address, reason_code)
+                self.event("disconnected", f"{self.address} refused: {reason_code}")
+                self._down_logged = True
+            return
+        self._generation += 1
+        self._connected = True
+        self._down_logged = False
+        self.last_message = time.time_ns() // 1000
+        resumed = " (session resumed)" if flags.session_present else ""
+        log.info("stream %s: connected to %s as %s%s", self.stream, self.address, self.client_id, resumed)
+        self.event("connected", f"{self.address} as {self.client_id}{resumed}")
+        if self.broker.protocol == "5":
+            # retainHandling=1: retained messages only for a new subscription, not on every resume
+            client.subscribe(self.topic, options=SubscribeOptions(qos=self.qos, retainHandling=1))
+        else:
+            client.subscribe(self.topic, self.qos)
+
+    def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
+        for code in reason_codes:
+            if code.is_failure:
+                log.error("stream %s: %s refused the subscription to %s (%s); check the broker's ACL",
+                          self.stream, self.address, self.topic, code)
+                self.event("subscribe_failed", f"{self.topic}: {code}")
+            else:
+                log.info("stream %s: subscribed to %s (QoS %d)", self.stream, self.topic, code.value)
+                self.event("subscribed", f"{self.topic} qos {code.value}")
+
+    def _on_connect_fail(self, client, userdata) -> None:
+        # paho calls this from inside its `except OSError`, so the error is still at hand.
+        error = sys.exc_info()[1]
+        if not self._down_logged:
+            why = getattr(error, "strerror", None) or error or "connection failed"
+            log.error("stream %s: cannot connect to %s (%s); retrying with backoff up to 60s",
+                      self.stream, self.address, why)
+            self.event("disconnected", f"cannot connect to {self.address}: {why}")
+            self._down_logged = True
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+        was_connected, self._connected = self._connected, False
+        if self._closing.is_set():
+            log.info("stream %s: disconnected from %s", self.stream, self.address)
+            self.event("disconnected", f"{self.address}: stopped")
+            return
+        if was_connected:
+            self.reconnects += 1
+            log.warning("stream %s: disconnected from %s (%s); reconnecting with backoff up to 60s",
+                        self.stream, self.address, reason_code)
+            self.event("disconnected", f"{self.address}: {reason_code}")
+            self._down_logged = True
+
+    # ------------------------------------------------------------------ stall watchdog
+
+    def _watch(self) -> None:
+        """No message for ``stall_after`` while connected: record it and force a reconnect."""
+        limit_us = int(self.stall_after_s * 1_000_000)
+        while not self._closing.wait(min(1.0, self.stall_after_s / 4)):
+            if not self._connected:
+                continue
+            silent_us = time.time_ns() // 1000 - self.last_message
+            if silent_us < limit_us:
+                continue
+            log.warning("stream %s: no message for %.0fs on %s; reconnecting and resubscribing",
+                        self.stream, silent_us / 1e6, self.topic)
+            self.event("stalled", f"no message for {silent_us / 1e6:.0f}s on {self.topic}; reconnecting")
+            self.last_message = time.time_ns() // 1000
+            sock = self.client.socket()
+            if sock is not None:
+                try:  # the network loop sees the connection drop and reconnects by itself
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
