@@ -274,7 +274,7 @@ def _expand_env(node: Any, place: str, problems: Problems, parent: Any = None, k
             if value is None:
                 problems.add(_line(parent, key), place,
                              f"environment variable {name} is not set; set it or write ${{{name}:-default}}")
-                return ""
+                return match.group(0)  # left as written, so later checks do not pile up on it
             return value
         return _ENV.sub(replace, node)
     return node
@@ -324,8 +324,11 @@ def _broker(reader: _Reader, base: Broker) -> Broker:
     dropped = base.dropped_topic
     if "dropped_topic" in reader.node:  # an explicit null turns the broker drop watch off
         dropped = reader.text("dropped_topic", None)
+    host = reader.text("host", base.host)
+    if not host:
+        reader.bad("host", "must not be empty")
     return Broker(
-        host=reader.text("host", base.host),
+        host=host,
         port=reader.integer("port", base.port, 1, 65535),
         client_id=reader.text("client_id", base.client_id),
         username=reader.text("username", base.username),
@@ -423,8 +426,13 @@ def _masked(node: Any) -> Any:
     return node if isinstance(node, (str, int, float, bool, type(None))) else str(node)
 
 
-def _stream(node: Any, index: int, broker: Broker, problems: Problems, base_dir: Path) -> StreamConfig | None:
+def _stream(node: Any, index: int, broker: Broker, problems: Problems, base_dir: Path,
+            line: int = 0) -> StreamConfig | None:
     place = f"streams[{index}]"
+    if not isinstance(node, dict):
+        problems.add(line, place, f"must be a mapping like {{name: tele, topic: 'sensors/#'}}, "
+                     f"got {node!r}")
+        return None
     reader = _Reader(node, place, problems, base_dir)
     name = reader.text("name", required=True)
     if name is not None and not STREAM_NAME.match(name):
@@ -483,7 +491,7 @@ def parse_config(document: Any, path: Path) -> Config:
     else:
         seen: dict[str, int] = {}
         for i, node in enumerate(streams_node):
-            stream = _stream(node, i, broker, problems, base_dir)
+            stream = _stream(node, i, broker, problems, base_dir, _line(streams_node, i))
             if stream is None:
                 continue
             if stream.name in seen:
@@ -492,6 +500,17 @@ def parse_config(document: Any, path: Path) -> Config:
                              "names must be unique")
             seen.setdefault(stream.name, i)
             streams.append(stream)
+        ids: dict[tuple, int] = {}
+        for stream in streams:
+            i = int(stream.place[len("streams["):-1])
+            if stream.source != "mqtt" or seen[stream.name] != i:
+                continue
+            key = (stream.broker.host, stream.broker.port, client_id_for(stream.broker.client_id, stream.name))
+            if key in ids:
+                problems.add(_line(streams_node, i), f"streams[{i}].client_id",
+                             f"client id {key[2]!r} is also used by streams[{ids[key]}]; the broker would "
+                             "disconnect one of them: put {stream} in client_id")
+            ids.setdefault(key, i)
     if problems.lines:
         raise ConfigError(problems.lines)
     return Config(path=path, storage=storage, broker=broker, report=report,
@@ -515,10 +534,17 @@ def load_config(path: str | os.PathLike) -> Config:
     return parse_config(document, path)
 
 
-def default_client_id(stream: str, worker: int | None = None) -> str:
-    """The fixed client id of a stream's persistent session: ``attic-<host>-<stream>[-w<n>]``."""
-    suffix = f"-w{worker}" if worker is not None else ""
-    return f"attic-{socket.gethostname()}-{stream}{suffix}"
+DEFAULT_CLIENT_ID = "attic-{host}-{stream}"
+
+
+def client_id_for(template: str | None, stream: str, worker: int | None = None) -> str:
+    """The fixed client id of a stream's persistent session.
+
+    ``template`` may use ``{host}`` and ``{stream}`` (default ``attic-{host}-{stream}``); a
+    worker of a shared stream appends ``-w<n>``.
+    """
+    client_id = (template or DEFAULT_CLIENT_ID).replace("{host}", socket.gethostname()).replace("{stream}", stream)
+    return f"{client_id}-w{worker}" if worker is not None else client_id
 
 
 def settings_json(stream: StreamConfig) -> str:

@@ -31,7 +31,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from attic.config import Broker, default_client_id
+from attic.config import Broker, client_id_for
 
 log = logging.getLogger("attic.mqtt")
 
@@ -87,9 +87,7 @@ class MqttSource:
         self.stall_after_s = stall_after_s
         self.persistent = qos > 0
         self.topic = f"$share/attic-{stream}/{topic}" if workers > 1 else topic
-        self.client_id = broker.client_id or default_client_id(stream, worker)
-        if broker.client_id and worker is not None:
-            self.client_id = f"{broker.client_id}-w{worker}"
+        self.client_id = client_id_for(broker.client_id, stream, worker)
         self.address = f"{broker.host}:{broker.port}"
         self.received = 0
         self.dropped = 0        # QoS 0 messages refused while stopping (counted, never silent)

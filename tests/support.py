@@ -1,0 +1,218 @@
+"""Test helpers: a private Mosquitto, an `attic run` subprocess, waiting with deadlines, reading files.
+
+Everything started here is stopped by its own PID; nothing talks to the machine's shared broker.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for(condition: Callable[[], object], timeout: float = 10.0, interval: float = 0.02,
+             message: str = "condition") -> object:
+    """Poll ``condition`` until it returns something truthy; fail the test after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+        time.sleep(interval)
+
+
+class Mosquitto:
+    """A private Mosquitto on a free loopback port, with its log in a file we can wait on."""
+
+    def __init__(self, folder: Path, port: int | None = None, extra: str = "", persistence: bool = True):
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.port = port or free_port()
+        self.extra = extra
+        self.persistence = persistence
+        self.conf = self.folder / "mosquitto.conf"
+        self.log = self.folder / "mosquitto.log"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> Mosquitto:
+        lines = [
+            f"listener {self.port} 127.0.0.1",
+            "allow_anonymous true",
+            "log_dest stderr",
+            "log_type error", "log_type warning", "log_type notice", "log_type information",
+            "log_type subscribe",
+            "connection_messages true",
+            "sys_interval 1",
+            f"persistence {'true' if self.persistence else 'false'}",
+            f"persistence_location {self.folder}/",
+            "autosave_interval 1",
+        ]
+        if os.geteuid() == 0:
+            lines.append("user root")  # else Mosquitto drops to its own user and cannot write here
+        self.conf.write_text("\n".join(lines) + "\n" + textwrap.dedent(self.extra) + "\n")
+        binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+        log = open(self.log, "ab")  # noqa: SIM115 - the child owns it
+        self.proc = subprocess.Popen([binary, "-c", str(self.conf)], stdout=log, stderr=log)
+        log.close()
+        wait_for(self._listening, 10, message=f"mosquitto on port {self.port}")
+        return self
+
+    def _listening(self) -> bool:
+        if self.proc.poll() is not None:
+            raise AssertionError(f"mosquitto exited: {self.log.read_text()[-2000:]}")
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                return True
+        except OSError:
+            return False
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def wait_subscribed(self, client_id_part: str, topic: str, timeout: float = 10.0, after: int = 0) -> None:
+        """Wait until the broker logs a subscription of a client whose id contains ``client_id_part``."""
+        pattern = re.compile(rf"{re.escape(client_id_part)}\S* \d {re.escape(topic)}$", re.M)
+        wait_for(lambda: pattern.search(self.log_text(), after), timeout,
+                 message=f"{client_id_part} subscribing to {topic}")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+class AtticProcess:
+    """``attic run`` in a subprocess, stopped by its PID."""
+
+    def __init__(self, config: Path, log: Path | None = None, args: tuple[str, ...] = ()):
+        self.config = Path(config)
+        self.logfile = log or self.config.with_suffix(".log")
+        self.args = args
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> AtticProcess:
+        out = open(self.logfile, "ab")  # noqa: SIM115 - the child owns it
+        self.proc = subprocess.Popen([sys.executable, "-m", "attic", "run", "-c", str(self.config), *self.args],
+                                     stdout=out, stderr=out, cwd=self.config.parent)
+        out.close()
+        return self
+
+    def log_text(self) -> str:
+        return self.logfile.read_text(errors="replace") if self.logfile.exists() else ""
+
+    def wait_log(self, text: str, timeout: float = 10.0, count: int = 1) -> None:
+        def seen() -> bool:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"attic exited with {self.proc.returncode}:\n{self.log_text()[-3000:]}")
+            return self.log_text().count(text) >= count
+        wait_for(seen, timeout, message=f"{text!r} in attic's log")
+
+    def signal(self, sig: int = signal.SIGTERM) -> None:
+        self.proc.send_signal(sig)
+
+    def stop(self, timeout: float = 30.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise AssertionError(f"attic did not stop within {timeout}s:\n{self.log_text()[-3000:]}") from None
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+
+
+def publish(port: int, messages: list[tuple[str, bytes]], qos: int = 1, seconds: float = 0.0,
+            client_id: str = "", retain: bool = False, protocol: int = mqtt.MQTTv5) -> None:
+    """Publish ``messages`` (topic, payload), spread over ``seconds``; return once the broker has all."""
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=protocol)
+    client.max_inflight_messages_set(1000)
+    client.max_queued_messages_set(0)
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    try:
+        started = time.monotonic()
+        infos = []
+        step = max(1, len(messages) // 100)
+        for i, (topic, payload) in enumerate(messages):
+            infos.append(client.publish(topic, payload, qos=qos, retain=retain))
+            if seconds and i % step == step - 1:  # pacing the load, not waiting for a result
+                ahead = started + seconds * (i + 1) / len(messages) - time.monotonic()
+                if ahead > 0:
+                    time.sleep(ahead)
+        for info in infos:
+            info.wait_for_publish(30)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+def write_config(folder: Path, text: str, name: str = "config.yaml") -> Path:
+    path = Path(folder) / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def stream_files(root: Path, stream: str) -> list[Path]:
+    """Every file of a stream, in time order."""
+    return sorted((Path(root) / stream).glob("*/*.sqlite"), key=lambda p: (int(p.name.split(".")[0]), p.name))
+
+
+def query(path: Path, sql: str, params: tuple = ()) -> list[tuple]:
+    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as conn:
+        return conn.execute(sql, params).fetchall()
+
+
+def meta(path: Path) -> dict[str, str]:
+    return dict(query(path, "SELECT key, value FROM attic_meta"))
+
+
+def all_rows(root: Path, stream: str, sql: str = "SELECT ts_us, topic, payload, qos, retain FROM messages") -> list:
+    rows = []
+    for path in stream_files(root, stream):
+        rows.extend(query(path, sql))
+    return rows
+
+
+def committed_count(root: Path, stream: str) -> int:
+    """Rows committed so far across the stream's files (readable while Attic writes)."""
+    total = 0
+    for path in stream_files(root, stream):
+        try:
+            total += query(path, "SELECT count(*) FROM messages")[0][0]
+        except sqlite3.Error:
+            pass  # a file being created right now
+    return total
