@@ -166,10 +166,17 @@ class LogFile:
             self.commit()
             self.closing = True
         finish(self.conn, self.path)
+        self.conn = None
 
 
-def finish(conn: sqlite3.Connection, path: Path) -> None:
-    """Checkpoint, leave WAL mode, close and make read-only. Raise FileBusy if readers block it."""
+def finish(conn: sqlite3.Connection, path: Path, wait_ms: int = 0) -> None:
+    """Checkpoint, leave WAL mode, close and make read-only. Raise FileBusy if readers block it.
+
+    A reader that has read from the file keeps it in WAL mode until it disconnects. By default
+    we do not wait for it (``wait_ms=0``): the writer must not stall while a user has a file
+    open in pandas; the store retries later and the next start finishes the job at the latest.
+    """
+    conn.execute(f"PRAGMA busy_timeout={int(wait_ms)}")
     busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
     if busy:
         raise FileBusy(f"{path}: a reader holds the file; closing it later")
@@ -191,7 +198,7 @@ def recover(path: Path, now_us: int, detail: str) -> str:
     A file that never got its schema (crash while creating) holds nothing and is removed.
     """
     conn = sqlite3.connect(path, isolation_level=None, timeout=5.0)
-    try:
+    try:  # a reader may hold the file; then closing waits for it (FileBusy), its rows are safe either way
         tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         if "attic_meta" not in tables:
             if not tables:
@@ -212,7 +219,7 @@ def recover(path: Path, now_us: int, detail: str) -> str:
                          (now_us, detail))
             conn.execute("COMMIT")
             outcome = f"recovered {last[1]} rows"
-        finish(conn, path)
+        finish(conn, path, wait_ms=1000)
         return outcome
     finally:
         try:

@@ -27,6 +27,7 @@ class Service:
         self.config = config
         self.run_id = run_id or uuid.uuid4().hex[:12]
         self.streams: dict[str, Stream] = {}
+        self.watches: list = []  # BrokerDropWatch per broker that publishes a drop counter
         self._wake = threading.Event()
         self._stop_requested = False
         self._signals = 0
@@ -41,11 +42,30 @@ class Service:
         except BaseException:
             self.stop()
             raise
+        self._watch_brokers()
         log.info("attic running %d stream(s), run %s, files under %s", len(self.streams), self.run_id,
                  self.config.storage.root)
 
+    def _watch_brokers(self) -> None:
+        """One drop-counter watch per broker, feeding broker_dropped events to its streams."""
+        groups: dict[tuple, tuple] = {}
+        for stream in self.streams.values():
+            broker = stream.config.broker
+            if stream.config.source == "mqtt" and broker.dropped_topic:
+                key = (broker.host, broker.port, broker.dropped_topic)
+                groups.setdefault(key, (broker, []))[1].append(stream.writer.event)
+        if groups:
+            from attic.sources.mqtt import BrokerDropWatch
+        for (_, _, topic), (broker, sinks) in groups.items():
+            watch = BrokerDropWatch(broker, topic, sinks, "watch")
+            watch.start()
+            self.watches.append(watch)
+
     def stop(self, timeout: float = 30.0) -> bool:
         """Stop every stream in order; return False if one did not finish in time."""
+        for watch in self.watches:
+            watch.close()
+        self.watches = []
         finished = True
         for stream in self.streams.values():
             stream.source.stop_intake()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import sqlite3
 import time
 from collections.abc import Iterator
 from datetime import tzinfo
@@ -56,6 +57,7 @@ class RotatingStore:
         self.run_start_us = now_us if now_us is not None else time.time_ns() // 1000
         self.current: LogFile | None = None
         self.closing: list[LogFile] = []  # closed for writing, waiting for a reader to let go
+        self.unfinished: list[Path] = []  # recovered files a reader kept in WAL mode; retried by tick()
         self._lock_fd: int | None = None
 
     # ------------------------------------------------------------------ start
@@ -98,7 +100,12 @@ class RotatingStore:
         done = []
         for path in sorted(self.own_files()):
             if os.stat(path).st_mode & 0o222:
-                outcome = recover(path, now_us, f"left open by an earlier run; recovered by run {self.meta.get('run_id')}")
+                try:
+                    outcome = recover(path, now_us, f"left open by an earlier run; recovered by run "
+                                                    f"{self.meta.get('run_id')}")
+                except FileBusy as exc:  # its rows are safe; a reader only keeps it in WAL mode for now
+                    outcome = f"recovered, but {exc}"
+                    self.unfinished.append(path)
                 done.append((path, outcome))
         return done
 
@@ -164,6 +171,9 @@ class RotatingStore:
         except FileBusy as exc:
             log.warning("stream %s: %s", self.stream, exc)
             self.closing.append(file)
+        except (sqlite3.Error, OSError) as exc:  # e.g. disk full while checkpointing: retried by tick()
+            log.error("stream %s: cannot close %s yet (%s); retrying", self.stream, file.path, exc)
+            self.closing.append(file)
 
     def tick(self, now_us: int) -> None:
         """Close the open file once its period is over; retry files a reader kept from closing."""
@@ -174,12 +184,19 @@ class RotatingStore:
             try:
                 file.close(now_us, "rotation")
                 self.closing.remove(file)
-            except FileBusy:
+                log.info("stream %s: closed %s", self.stream, file.path)
+            except (FileBusy, sqlite3.Error, OSError):
+                pass
+        for path in list(self.unfinished):
+            try:
+                recover(path, now_us, "left open by an earlier run")
+                self.unfinished.remove(path)
+            except (FileBusy, sqlite3.Error, OSError):
                 pass
 
     def next_deadline_us(self) -> int | None:
         """When tick() next has work to do (end of the open file's period), or None."""
-        if self.closing:
+        if self.closing or self.unfinished:
             return time.time_ns() // 1000 + 5 * US
         return self.current.end_us if self.current is not None else None
 
@@ -199,8 +216,8 @@ class RotatingStore:
         for file in self.closing:
             try:
                 file.close(now_us, closed_by)
-            except FileBusy:
-                log.warning("stream %s: %s is still held by a reader; the next start finishes closing it",
-                            self.stream, file.path)
+            except (FileBusy, sqlite3.Error, OSError) as exc:
+                log.warning("stream %s: cannot close %s (%s); the next start finishes closing it",
+                            self.stream, file.path, exc)
                 file.conn.close()
         self.closing = []

@@ -192,8 +192,12 @@ def stream_files(root: Path, stream: str) -> list[Path]:
 
 
 def query(path: Path, sql: str, params: tuple = ()) -> list[tuple]:
-    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as conn:
+    """Run one read-only query and close the connection (an open reader keeps a file in WAL mode)."""
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
         return conn.execute(sql, params).fetchall()
+    finally:
+        conn.close()
 
 
 def meta(path: Path) -> dict[str, str]:

@@ -236,3 +236,54 @@ class MqttSource:
                     sock.shutdown(socket.SHUT_RDWR)
                 except OSError:
                     pass
+
+
+class BrokerDropWatch:
+    """Watches a broker's own drop counter and records every increase in the streams it serves.
+
+    A broker silently drops QoS 1 messages for a subscriber whose queue is full (Mosquitto's
+    default ``max_queued_messages 1000``), before Attic ever sees them. Mosquitto publishes the
+    total as ``$SYS/broker/publish/messages/dropped``; an increase becomes a ``broker_dropped``
+    event in every stream on that broker, so the gap is in the data. One small QoS 0 client per
+    broker keeps the streams' ``on_message`` free of topic checks.
+    """
+
+    def __init__(self, broker: Broker, topic: str, sinks: list[EventSink], name: str):
+        self.broker = broker
+        self.topic = topic
+        self.sinks = sinks
+        self.name = name
+        self.last: int | None = None
+        self.dropped = 0  # increases seen while running
+        client_id = f"{client_id_for(broker.client_id, name)}-{time.time_ns() % 1_000_000}"
+        self.client = make_client(broker, client_id, persistent=False)
+        self.client.on_connect = self._on_connect
+        self.client.on_message = self._on_message
+
+    def start(self) -> None:
+        connect_async(self.client, self.broker, persistent=False)
+        self.client.loop_start()
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        if not reason_code.is_failure:
+            client.subscribe(self.topic, 0)
+
+    def _on_message(self, client, userdata, message) -> None:
+        try:
+            total = int(float(message.payload.decode()))
+        except (UnicodeDecodeError, ValueError):
+            return
+        if self.last is not None and total > self.last:
+            increase = total - self.last
+            self.dropped += increase
+            log.warning("broker %s:%d dropped %d messages (total %d) before Attic received them: a client's "
+                        "queue was full; raise max_queued_messages (see README: Broker settings)",
+                        self.broker.host, self.broker.port, increase, total)
+            for sink in self.sinks:
+                sink("broker_dropped", f"{self.broker.host}:{self.broker.port} dropped {increase} "
+                                       f"(total {total})")
+        self.last = total
