@@ -5,109 +5,18 @@ Everything started here is stopped by its own PID; nothing talks to the machine'
 
 from __future__ import annotations
 
-import os
-import re
-import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_for(condition: Callable[[], object], timeout: float = 10.0, interval: float = 0.02,
-             message: str = "condition") -> object:
-    """Poll ``condition`` until it returns something truthy; fail the test after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
-        time.sleep(interval)
-
-
-class Mosquitto:
-    """A private Mosquitto on a free loopback port, with its log in a file we can wait on."""
-
-    def __init__(self, folder: Path, port: int | None = None, extra: str = "", persistence: bool = True):
-        self.folder = Path(folder)
-        self.folder.mkdir(parents=True, exist_ok=True)
-        self.port = port or free_port()
-        self.extra = extra
-        self.persistence = persistence
-        self.conf = self.folder / "mosquitto.conf"
-        self.log = self.folder / "mosquitto.log"
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> Mosquitto:
-        lines = [
-            f"listener {self.port} 127.0.0.1",
-            "allow_anonymous true",
-            "log_dest stderr",
-            "log_type error", "log_type warning", "log_type notice", "log_type information",
-            "log_type subscribe",
-            "connection_messages true",
-            "sys_interval 1",
-            f"persistence {'true' if self.persistence else 'false'}",
-            f"persistence_location {self.folder}/",
-            "autosave_interval 1",
-        ]
-        if os.geteuid() == 0:
-            lines.append("user root")  # else Mosquitto drops to its own user and cannot write here
-        self.conf.write_text("\n".join(lines) + "\n" + textwrap.dedent(self.extra) + "\n")
-        binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-        log = open(self.log, "ab")  # noqa: SIM115 - the child owns it
-        self.proc = subprocess.Popen([binary, "-c", str(self.conf)], stdout=log, stderr=log)
-        log.close()
-        wait_for(self._listening, 10, message=f"mosquitto on port {self.port}")
-        return self
-
-    def _listening(self) -> bool:
-        if self.proc.poll() is not None:
-            raise AssertionError(f"mosquitto exited: {self.log.read_text()[-2000:]}")
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                return True
-        except OSError:
-            return False
-
-    def log_text(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def wait_subscribed(self, client_id_part: str, topic: str, timeout: float = 10.0, after: int = 0) -> None:
-        """Wait until the broker logs a subscription of a client whose id contains ``client_id_part``."""
-        pattern = re.compile(rf"{re.escape(client_id_part)}\S* \d {re.escape(topic)}$", re.M)
-        wait_for(lambda: pattern.search(self.log_text(), after), timeout,
-                 message=f"{client_id_part} subscribing to {topic}")
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-    def kill(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
+from attic.mosquitto import Mosquitto, free_port, wait_for  # noqa: F401 - re-exported for tests
 
 
 class AtticProcess:
