@@ -49,7 +49,7 @@ class Stream:
             from attic.sources.mqtt import MqttSource
             self.source = MqttSource(stream.name, stream.topic, stream.qos, stream.broker, self.queue,
                                      self.writer.event, stream.stall_after_s, worker, workers)
-            if stream.qos > 0:
+            if self.source.manual_ack:
                 self.writer.ack = self.source.ack
         else:
             from attic.sources.modbus import ModbusSource

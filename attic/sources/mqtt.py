@@ -17,6 +17,7 @@ paho is imported only here: its API changes between major versions.
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import socket
 import ssl
@@ -34,6 +35,10 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from attic.config import Broker, client_id_for
 
 log = logging.getLogger("attic.mqtt")
+
+# Benchmarks only: ack on receipt like a plain subscriber, to measure what ack-after-commit costs.
+# It gives up the delivery guarantee, so it is an environment variable, not a config key.
+BENCH_AUTO_ACK = os.environ.get("ATTIC_BENCH_AUTO_ACK") == "1"
 
 EventSink = Callable[[str, str], None]  # (kind, detail) → an attic_events row
 
@@ -86,6 +91,7 @@ class MqttSource:
         self.event = event
         self.stall_after_s = stall_after_s
         self.persistent = qos > 0
+        self.manual_ack = self.persistent and not BENCH_AUTO_ACK
         self.topic = f"$share/attic-{stream}/{topic}" if workers > 1 else topic
         self.client_id = client_id_for(broker.client_id, stream, worker)
         self.address = f"{broker.host}:{broker.port}"
@@ -99,7 +105,7 @@ class MqttSource:
         self._intake = True
         self._closing = threading.Event()
         self._watchdog: threading.Thread | None = None
-        self.client = make_client(broker, self.client_id, self.persistent, manual_ack=self.persistent)
+        self.client = make_client(broker, self.client_id, self.persistent, manual_ack=self.manual_ack)
         self.client.on_connect = self._on_connect
         self.client.on_connect_fail = self._on_connect_fail
         self.client.on_disconnect = self._on_disconnect
