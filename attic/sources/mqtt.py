@@ -293,3 +293,74 @@ class BrokerDropWatch:
                 sink("broker_dropped", f"{self.broker.host}:{self.broker.port} dropped {increase} "
                                        f"(total {total})")
         self.last = total
+
+
+class Publisher:
+    """A plain publishing client (the simulator; small JSON reports) that knows what the broker has.
+
+    ``acked`` counts messages the broker acknowledged (QoS 0: written to the socket), so a
+    caller can say "sent" only of what the broker holds. ``max_inflight`` stays at or below
+    the broker's receive maximum (Mosquitto: 20); beyond it Mosquitto silently drops QoS 2.
+    """
+
+    def __init__(self, broker: Broker, client_id: str = "", max_inflight: int = 20):
+        self.broker = broker
+        self.published = 0  # publish() calls the client took
+        self.acked = 0      # acknowledged by the broker
+        self.errors = 0     # refused by the client, or by the broker in its PUBACK
+        self._answered = 0  # acked + refused by the broker
+        self.last_error = ""  # why the last connection attempt failed
+        self.connected = threading.Event()
+        self.client = make_client(broker, client_id, persistent=False)
+        self.client.max_inflight_messages_set(max_inflight)
+        self.client.max_queued_messages_set(0)  # queue without limit; the caller paces with pending()
+        self.client.on_connect = self._on_connect
+        self.client.on_connect_fail = self._on_connect_fail
+        self.client.on_disconnect = lambda *args: self.connected.clear()
+        self.client.on_publish = self._on_publish
+
+    def start(self, timeout: float = 10.0) -> bool:
+        """Connect in the background; return whether the broker accepted us within ``timeout``."""
+        connect_async(self.client, self.broker, persistent=False)
+        self.client.loop_start()
+        return self.connected.wait(timeout)
+
+    def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> bool:
+        info = self.client.publish(topic, payload, qos=qos, retain=retain)
+        if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):  # NO_CONN: queued for the reconnect
+            self.errors += 1
+            return False
+        self.published += 1
+        return True
+
+    def pending(self) -> int:
+        """Messages taken but not yet acknowledged by the broker."""
+        return self.published - self._answered
+
+    def flush(self, timeout: float = 30.0) -> bool:
+        """Wait until the broker acknowledged everything published; False on timeout."""
+        deadline = time.monotonic() + timeout
+        while self.pending() > 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return self.pending() <= 0
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        if reason_code.is_failure:
+            self.last_error = f"refused: {reason_code}"
+        else:
+            self.connected.set()
+
+    def _on_connect_fail(self, client, userdata) -> None:
+        error = sys.exc_info()[1]  # paho calls this inside its `except OSError`
+        self.last_error = getattr(error, "strerror", None) or str(error or "connection failed")
+
+    def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
+        self._answered += 1
+        if reason_code.is_failure:
+            self.errors += 1
+        else:
+            self.acked += 1
