@@ -33,6 +33,7 @@ CREATE TABLE attic_stats   (ts_us INTEGER, key TEXT, value REAL);
 BASE_COLUMNS = ("ts_us", "topic", "payload", "qos", "retain")
 INSERT_MESSAGES = "INSERT INTO messages(ts_us, topic, payload, qos, retain) VALUES (?, ?, ?, ?, ?)"
 READ_ONLY = stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 
 
 class FileBusy(Exception):
@@ -42,6 +43,11 @@ class FileBusy(Exception):
 def quote(name: str) -> str:
     """Quote an SQL identifier (table or column names come from filters and configs)."""
     return '"' + name.replace('"', '""') + '"'
+
+
+def fold(name: str) -> str:
+    """An identifier as SQLite compares it: ASCII letters without case, every other character as is."""
+    return name.translate(_ASCII_LOWER)
 
 
 def _connect(path: Path, synchronous: str) -> sqlite3.Connection:
@@ -63,7 +69,7 @@ class LogFile:
         self.conn = conn
         self.rows = 0  # committed rows in messages
         self._pending_rows = 0
-        self._columns: dict[str, set[str]] = {}  # table -> columns, for tables written through insert()
+        self._columns: dict[str, set[str]] = {}  # folded table -> folded columns, for tables written by insert()
         self.closing = False
 
     @classmethod
@@ -99,23 +105,33 @@ class LogFile:
         self.conn.executemany(INSERT_MESSAGES, rows)
         self._pending_rows += len(rows)
 
-    def ensure_columns(self, table: str, columns: dict[str, str]) -> None:
-        """Make ``table`` exist with the base columns plus ``columns`` ({name: SQL type})."""
-        known = self._columns.get(table)
+    def ensure_columns(self, table: str, columns: dict[str, str | None]) -> set[str]:
+        """Make ``table`` exist with the base columns plus ``columns`` ({name: SQL type}).
+
+        A name whose type is None (a field seen only as NULL so far) gets no column yet: its
+        type is not known, and a NULL needs no column. Return the table's columns as SQLite
+        compares names (ASCII case folded): ``Temp`` and ``temp`` are one column, and asking to
+        add the second would fail the whole commit.
+        """
+        key = fold(table)
+        known = self._columns.get(key)
         if known is None:
-            known = {row[1] for row in self.conn.execute(f"PRAGMA table_info({quote(table)})")}
+            known = {fold(row[1]) for row in self.conn.execute(f"PRAGMA table_info({quote(table)})")}
             if not known:
                 self._begin()
                 base = "ts_us INTEGER NOT NULL, topic TEXT NOT NULL, payload BLOB, qos INTEGER, retain INTEGER"
                 self.conn.execute(f"CREATE TABLE {quote(table)} ({base})")
-                self.conn.execute(f"CREATE INDEX {quote(table + '_ts')} ON {quote(table)}(ts_us)")
+                # indexes share the tables' namespace: attic_* names are reserved for Attic, so
+                # no table a filter routes to can collide with this index
+                self.conn.execute(f"CREATE INDEX {quote('attic_ts_' + table)} ON {quote(table)}(ts_us)")
                 known = set(BASE_COLUMNS)
-            self._columns[table] = known
+            self._columns[key] = known
         for name, sql_type in columns.items():
-            if name not in known:
+            if sql_type is not None and fold(name) not in known:
                 self._begin()
                 self.conn.execute(f"ALTER TABLE {quote(table)} ADD COLUMN {quote(name)} {sql_type}")
-                known.add(name)
+                known.add(fold(name))
+        return known
 
     def insert(self, table: str, columns: tuple[str, ...], rows: list[tuple]) -> None:
         """Insert rows into ``table`` (which must exist with those columns; see ensure_columns)."""

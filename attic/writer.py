@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from attic.logfile import fold
 from attic.record import Record, Reject
 from attic.store import RotatingStore
 
@@ -174,6 +175,8 @@ class Writer:
             except Exception:  # noqa: BLE001
                 log.exception("stream %s: closing files failed; the next start recovers them", self.name)
             self.store.unlock()
+            if getattr(self.chain, "close", None) is not None:
+                self.chain.close()  # filters' optional close(), on the thread that ran them
             if self.on_stop is not None:
                 self.on_stop(self)
 
@@ -247,7 +250,7 @@ class Writer:
         events = []
         while not self.events.empty():
             events.append(self.events.get_nowait())
-        chunks = list(self.store.split(items)) if items else []
+        chunks = self._split(items) if items else []
         delay = RETRY_MIN_S
         failing = hurried = False
         committed = 0  # chunks already committed (not to be written again on a retry)
@@ -309,10 +312,20 @@ class Writer:
         except sqlite3.Error:
             log.exception("stream %s: rollback failed", self.name)
 
+    def _split(self, items: list) -> list[list]:
+        """Split items into runs that share one period (the store reads ``ts_us`` as ``item[0]``)."""
+        if type(items[0]) is tuple:
+            return list(self.store.split(items))
+        pairs = [(record.ts_us, record) for record in items]
+        return [[record for _, record in chunk] for chunk in self.store.split(pairs)]
+
     def _insert(self, file: Any, chunk: list) -> int:
         """Insert one period's items into ``file``; return the number of rows.
 
         Items are all plain MQTT tuples (a stream without filters: the fast path) or all Records.
+        A field's column type is its declared type, else the type of its first non-NULL value in
+        the group; a field that is NULL throughout and has no column yet is left out (NULL is
+        what the column would hold).
         """
         if type(chunk[0]) is tuple:
             file.write_messages([item[:5] for item in chunk])
@@ -322,11 +335,25 @@ class Writer:
             groups.setdefault((record.table, tuple(record.fields)), []).append(record)
         for (table, names), records in groups.items():
             first = records[0]
-            types = {n: first.types.get(n) or sql_type(first.fields[n]) for n in names}
-            file.ensure_columns(table, types)
-            file.insert(table, ("ts_us", "topic", "payload", "qos", "retain") + names,
-                        [(r.ts_us, r.topic, r.payload, r.qos, r.retain, *r.fields.values()) for r in records])
+            types = {n: first.types.get(n) or _first_type(records, n) for n in names}
+            present = file.ensure_columns(table, types)
+            if all(types.values()):
+                rows = [(r.ts_us, r.topic, r.payload, r.qos, r.retain, *r.fields.values()) for r in records]
+            else:
+                names = tuple(n for n in names if types[n] or fold(n) in present)
+                rows = [(r.ts_us, r.topic, r.payload, r.qos, r.retain, *(r.fields[n] for n in names))
+                        for r in records]
+            file.insert(table, ("ts_us", "topic", "payload", "qos", "retain") + names, rows)
         return len(chunk)
+
+
+def _first_type(records: list[Record], name: str) -> str | None:
+    """The SQL type of the first non-NULL value of field ``name``, or None when all are NULL."""
+    for record in records:
+        value = record.fields[name]
+        if value is not None:
+            return sql_type(value)
+    return None
 
 
 __all__ = ["Writer", "Stop", "Sync", "Wake", "Call", "Reject", "Record"]
