@@ -93,6 +93,34 @@ def check(config_path: str) -> None:
         click.echo(f"  {stream.name}: {what}; {filters}")
 
 
+@main.command("try")
+@config_option
+@click.option("--stream", "stream_name", required=True, help="The stream whose filters to run.")
+@click.option("--topic", required=True, help="The message's topic.")
+@click.option("--payload", default=None, help="The payload as text (UTF-8).")
+@click.option("--payload-file", type=click.File("rb"), default=None, help="Read the payload from a file ('-': stdin).")
+@click.option("--retain", is_flag=True, help="Mark the message as retained.")
+def try_command(config_path: str, stream_name: str, topic: str, payload: str | None, payload_file, retain: bool) -> None:
+    """Run one message through a stream's filters; print the row(s) it would store, or the rejection.
+
+    Needs no broker and writes no files. Exit 0 when stored or dropped by a filter, 1 when
+    rejected, 2 for a config problem.
+    """
+    from attic.trying import format_outcome, try_message
+    if (payload is None) == (payload_file is None):
+        raise click.UsageError("give --payload or --payload-file (one of them)")
+    data = payload.encode() if payload is not None else payload_file.read()
+    try:
+        outcome = try_message(load_config(config_path), stream_name, topic, data, retain)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            click.echo(problem, err=True)
+        sys.exit(2)
+    for line in format_outcome(outcome):
+        click.echo(line)
+    sys.exit(1 if outcome.rejected else 0)
+
+
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="The broker to publish to.")
 @click.option("--port", type=int, default=None, help="The broker's port (1883), or the meter's with --modbus (5020).")
