@@ -372,3 +372,20 @@ def test_declared_types_rejects_and_fast_path_in_one_file(tmp_path):
     assert query(path, "SELECT ts_us, topic, payload, stage, error FROM attic_rejects ORDER BY ts_us") == [
         (now + 1, "a", b'{"t": 99}', "range_check", "t 99.0 is above max 50"),
         (now + 2, "a", b"nope", "json_fields", "payload is not JSON: Expecting value: line 1 column 1 (char 0)")]
+
+
+def test_readme_lists_every_builtin_with_its_options_and_its_example_filter_works(tmp_path):
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("\n## Filters\n", 1)[1].split("\n## ", 1)[0]
+    rows = {line.split("|")[1].strip(): line for line in section.splitlines() if line.startswith("| `")}
+    for name in builtin_names():
+        row = next((line for names, line in rows.items() if f"`{name}`" in names), None)
+        assert row, f"README: built-in {name} is not in the Filters table"
+        for option in inspect.signature(find_module(name, None).make).parameters:
+            assert f"`{option}`" in row, f"README: option {option} of {name} is not in its row"
+    code = re.search(r"```python\n# filters/scale.py\n(.*?)```", section, re.S).group(1)
+    dropin(tmp_path, "scale", code)
+    chain = load_chain([spec("json_fields", fields={"power": "real"}), spec("scale", index=1, field="power",
+                                                                            factor=0.001)], tmp_path)
+    records, _ = chain.process([(1, "meter/1", b'{"power": 1500}', 0, 0, None)])
+    assert records[0].fields == {"power": 1.5}
