@@ -7,6 +7,9 @@ file for one start second (a restart right on a boundary, a clock stepped back) 
 
 The store never decides *when* to commit: the writer does (group commit), so that acks follow
 commits. Only the writer thread calls a store.
+
+Retention (``storage.keep``) deletes whole day folders whose day ended more than ``keep`` ago,
+checked at start and after each rotation: deleting files is only safe on the thread that owns them.
 """
 
 from __future__ import annotations
@@ -14,16 +17,20 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import re
+import shutil
 import sqlite3
 import time
-from collections.abc import Iterator
-from datetime import tzinfo
+from collections.abc import Callable, Iterable, Iterator
+from datetime import date, datetime, timedelta, tzinfo
 from pathlib import Path
 
+from attic.durations import format_duration
 from attic.logfile import FileBusy, LogFile, recover
 from attic.periods import US, Period, period_of
 
 log = logging.getLogger("attic.store")
+DAY_FOLDER = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
 
 class StoreLocked(Exception):
@@ -41,12 +48,32 @@ def storage_tz(name: str) -> tzinfo | None:
     return ZoneInfo(name)
 
 
+def days_past_keep(days: Iterable[str], now_us: int, keep_s: float, tz: tzinfo | None) -> list[str]:
+    """Given day folder names (``YYYY-MM-DD``; others are ignored), return, sorted, those whose whole
+    day (in ``tz``; None = local) ended at least ``keep_s`` before ``now_us``.
+
+    A day that still holds a moment younger than ``keep`` is kept whole: retention never cuts a day.
+    """
+    cutoff_us = now_us - int(keep_s * US)
+    past = []
+    for name in days:
+        if not DAY_FOLDER.match(name):
+            continue
+        try:
+            following = date.fromisoformat(name) + timedelta(days=1)
+        except ValueError:
+            continue
+        if int(datetime(following.year, following.month, following.day, tzinfo=tz).timestamp()) * US <= cutoff_us:
+            past.append(name)
+    return sorted(past)
+
+
 class RotatingStore:
     """The files of one stream (and one writer of it)."""
 
     def __init__(self, root: Path, stream: str, rotate_s: float, timezone: str = "utc",
                  durability: str = "process", meta: dict[str, object] | None = None,
-                 writer_id: str | None = None, now_us: int | None = None):
+                 writer_id: str | None = None, now_us: int | None = None, keep_s: float | None = None):
         self.folder = Path(root) / stream
         self.stream = stream
         self.rotate_us = int(rotate_s * US)
@@ -59,6 +86,9 @@ class RotatingStore:
         self.closing: list[LogFile] = []  # closed for writing, waiting for a reader to let go
         self.unfinished: list[Path] = []  # recovered files a reader kept in WAL mode; retried by tick()
         self._lock_fd: int | None = None
+        self.keep_s = keep_s
+        self.on_event: Callable[[str, str], None] | None = None  # (kind, detail) → attic_events
+        self._retention_due = keep_s is not None
 
     # ------------------------------------------------------------------ start
 
@@ -123,6 +153,7 @@ class RotatingStore:
         if current is not None:
             self.current = None
             self._close(current, ts_us, "rotation")
+            self._retention_due = self.keep_s is not None
         self.current = self._open(period, ts_us)
         return self.current
 
@@ -180,6 +211,10 @@ class RotatingStore:
         if self.current is not None and now_us >= self.current.end_us:
             current, self.current = self.current, None
             self._close(current, now_us, "rotation")
+            self._retention_due = self.keep_s is not None
+        if self._retention_due:
+            self._retention_due = False
+            self.apply_retention(now_us)
         for file in list(self.closing):
             try:
                 file.close(now_us, "rotation")
@@ -193,6 +228,37 @@ class RotatingStore:
                 self.unfinished.remove(path)
             except (FileBusy, sqlite3.Error, OSError):
                 pass
+
+    def apply_retention(self, now_us: int) -> list[str]:
+        """Delete this stream's day folders past ``keep`` (never one holding a file in use); return them."""
+        if self.keep_s is None:
+            return []
+        in_use = {f.path.parent.name for f in [self.current, *self.closing] if f is not None}
+        in_use.update(path.parent.name for path in self.unfinished)
+        try:
+            names = [p.name for p in self.folder.iterdir() if p.is_dir()]
+        except OSError as exc:
+            log.error("stream %s: retention: cannot list %s (%s)", self.stream, self.folder, exc)
+            return []
+        deleted = []
+        for day in days_past_keep(names, now_us, self.keep_s, self.tz):
+            if day in in_use:
+                continue
+            try:
+                shutil.rmtree(self.folder / day)
+                deleted.append(day)
+            except FileNotFoundError:
+                pass  # another writer of this stream deleted it first
+            except OSError as exc:
+                log.error("stream %s: retention: cannot delete %s (%s); trying again at the next rotation",
+                          self.stream, self.folder / day, exc)
+        if deleted:
+            days = ", ".join(deleted) if len(deleted) <= 5 else f"{deleted[0]} .. {deleted[-1]}"
+            detail = f"deleted {len(deleted)} day folder(s) older than {format_duration(self.keep_s)}: {days}"
+            log.info("stream %s: retention: %s", self.stream, detail)
+            if self.on_event is not None:
+                self.on_event("retention", detail)
+        return deleted
 
     def next_deadline_us(self) -> int | None:
         """When tick() next has work to do (end of the open file's period), or None."""

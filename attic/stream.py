@@ -42,9 +42,11 @@ class Stream:
         }
         self.store = RotatingStore(storage.root, stream.name, storage.rotate_s, storage.timezone,
                                    storage.durability, {k: v for k, v in meta.items() if v is not None},
-                                   writer_id)
+                                   writer_id, keep_s=storage.keep_s)
         self.writer = Writer(stream.name, self.store, self.queue, commit_every_s=storage.commit_every_s,
                              commit_rows=storage.commit_rows, chain=build_chain(stream, config))
+        self.store.on_event = self.writer.event  # retention events
+        self.started = time.monotonic()  # the report's first rates count from here
         if stream.source == "mqtt":
             from attic.sources.mqtt import MqttSource
             self.source = MqttSource(stream.name, stream.topic, stream.qos, stream.broker, self.queue,
@@ -58,6 +60,7 @@ class Stream:
     def start(self) -> None:
         """Lock the folder, start the writer (it recovers files first), then the source."""
         self.store.lock()
+        self.started = time.monotonic()
         self.writer.start()
         self.writer.event("start", f"attic {__version__} pid {__import__('os').getpid()}")
         self.source.start()
