@@ -7,6 +7,7 @@ config that passes ``check`` starts.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import tempfile
 
@@ -27,11 +28,24 @@ def storage_problem(config: Config) -> str | None:
     return None
 
 
+def report_problems(config: Config) -> list[str]:
+    """Return what keeps the report section from working: a missing extra, an unpublishable topic."""
+    problems = []
+    report, name = config.report, config.path.name
+    if report.prometheus and importlib.util.find_spec("prometheus_client") is None:
+        problems.append(f"{name}: report.prometheus: needs prometheus-client: pip install 'attic[prometheus]'")
+    if report.topic is not None and (not report.topic or "+" in report.topic or "#" in report.topic):
+        problems.append(f"{name}: report.topic: must be a topic to publish to, without + or #, "
+                        f"got {report.topic!r}")
+    return problems
+
+
 def preflight(config: Config) -> None:
     """Raise ConfigError listing every problem that keeps this config from running."""
     problems: list[str] = []
     if problem := storage_problem(config):
         problems.append(problem)
+    problems.extend(report_problems(config))
     for stream in config.streams:
         if stream.filters:
             from attic.filters import load_chain

@@ -13,6 +13,7 @@ import logging
 import signal
 import threading
 import uuid
+from typing import Any
 
 from attic.config import Config
 from attic.stream import Stream
@@ -28,6 +29,7 @@ class Service:
         self.run_id = run_id or uuid.uuid4().hex[:12]
         self.streams: dict[str, Stream] = {}
         self.watches: list = []  # BrokerDropWatch per broker that publishes a drop counter
+        self.reporter: Any = None
         self._wake = threading.Event()
         self._stop_requested = False
         self._signals = 0
@@ -43,8 +45,15 @@ class Service:
             self.stop()
             raise
         self._watch_brokers()
+        self._start_reporter()
         log.info("attic running %d stream(s), run %s, files under %s", len(self.streams), self.run_id,
                  self.config.storage.root)
+
+    def _start_reporter(self) -> None:
+        from attic.report import Reporter
+        self.reporter = Reporter(self.config.report, self.config.broker, lambda: dict(self.streams),
+                                 self.run_id, self.config.storage.root)
+        self.reporter.start()
 
     def _watch_brokers(self) -> None:
         """One drop-counter watch per broker, feeding broker_dropped events to its streams."""
@@ -63,6 +72,9 @@ class Service:
 
     def stop(self, timeout: float = 30.0) -> bool:
         """Stop every stream in order; return False if one did not finish in time."""
+        if self.reporter is not None:
+            self.reporter.stop()
+            self.reporter = None
         for watch in self.watches:
             watch.close()
         self.watches = []
