@@ -171,6 +171,76 @@ def simulate(host: str, port: int | None, devices: int, rate: str, seconds: floa
     sys.exit(0 if complete and not result.errors else 1)
 
 
+@main.command("files")
+@click.argument("root", type=click.Path(file_okay=False))
+@click.option("--stream", help="Only this stream.")
+def files_command(root: str, stream: str | None) -> None:
+    """List the files under ROOT (stream, day, start, end, rows, size, open or closed), then totals."""
+    from attic.catalog import ReadError, files
+    from attic.output import files_table
+    try:
+        click.echo(files_table(files(root, stream)), nl=False)
+    except ReadError as exc:
+        fail(f"--{exc.option}: {exc}" if exc.option == "stream" else str(exc))
+
+
+@main.command()
+@click.argument("root", type=click.Path(file_okay=False))
+@click.option("--stream", required=True, help="The stream (a folder under ROOT).")
+@click.option("--since", help="Start, inclusive: 2026-11-23, 2026-11-23T10:00, with Z or +01:00 (else UTC), "
+                              "-1h, now, or µs since the epoch.")
+@click.option("--until", help="End, exclusive; same spellings as --since.")
+@click.option("--topic", help="MQTT topic filter; + is one level, # any levels (sensors/# includes sensors).")
+@click.option("--columns", help="Comma-separated columns to print (ts_us always comes first).")
+@click.option("--table", default="messages", show_default=True,
+              help="messages, attic_rejects, attic_events, attic_stats, or a table a filter writes.")
+@click.option("--limit", type=click.IntRange(1), help="Stop after N rows.")
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json", "parquet"]), default="table",
+              show_default=True, help="json is one object per line; parquet needs --output.")
+@click.option("--output", "-o", type=click.Path(dir_okay=False), help="Write to FILE instead of stdout.")
+@click.option("--follow", "-f", is_flag=True, help="Keep printing new rows as they are committed, across "
+                                                   "rotations (Ctrl-C stops); with --since, the window so far first.")
+@click.option("--follow-for", type=click.FloatRange(0), hidden=True, help="Stop following after SECONDS.")
+@click.option("--poll", type=click.FloatRange(0.01), default=0.5, hidden=True, help="Seconds between --follow polls.")
+def query(root: str, stream: str, since: str | None, until: str | None, topic: str | None, columns: str | None,
+          table: str, limit: int | None, fmt: str, output: str | None, follow: bool, follow_for: float | None,
+          poll: float) -> None:
+    """Print the rows of one stream in a time window, in time order, from every writer's files."""
+    import os
+    import time
+
+    from attic.catalog import ReadError
+    from attic.output import print_query
+    from attic.window import check_filter, parse_time
+    now = time.time_ns() // 1000  # one "now" for relative times in both options
+    window = {}
+    for name, value in (("since", since), ("until", until)):
+        try:
+            window[name] = None if value is None else parse_time(value, now)
+        except ValueError as exc:
+            fail(f"--{name}: {exc}", 2)
+    try:
+        if topic is not None:
+            check_filter(topic)
+    except ValueError as exc:
+        fail(f"--topic: {exc}", 2)
+    try:
+        print_query(root, stream=stream, since=window["since"], until=window["until"], topic=topic, columns=columns, table=table,
+                    limit=limit, fmt=fmt, output=output, out=sys.stdout, follow=follow, follow_for=follow_for,
+                    poll_s=poll)
+    except ValueError as exc:
+        fail(str(exc), 2)
+    except ReadError as exc:
+        fail(f"--{exc.option}: {exc}" if exc.option in ("stream", "table", "columns", "topic") else str(exc))
+    except (ImportError, OSError) as exc:
+        fail(str(exc))
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except BrokenPipeError:  # `| head`: the reader has seen enough
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(0)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()
 
