@@ -180,7 +180,7 @@ class Simulation:
                         self.announced)
 
     def run(self, on_progress: Callable[[Progress], None] | None = None, every_s: float = 1.0,
-            connect_timeout: float = 10.0) -> Progress:
+            connect_timeout: float = 10.0, flush_s: float = 30.0) -> Progress:
         """Connect, publish until done or stopped, wait for every acknowledgement; return the totals.
 
         Raise ConnectionError when the broker does not accept us within ``connect_timeout``.
@@ -214,7 +214,7 @@ class Simulation:
                         break
                     publisher.publish(*self.fleet.message(device, time.time_ns() // 1000), qos=self.qos)
                 tick += 1
-            publisher.flush(timeout=30.0)  # "sent" means the broker has it
+            publisher.flush(flush_s)  # "sent" means the broker has it
         finally:
             self.elapsed_s = time.monotonic() - self.started
             publisher.close()
