@@ -117,8 +117,12 @@ def streams(root: Path) -> list[str]:
     return sorted(p.name for p in Path(root).iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def named_files(root: Path, stream: str, since_us: int | None = None, until_us: int | None = None) -> list[FileInfo]:
-    """The files of a stream that may hold rows of ``[since_us, until_us)``, judged by names alone, in order."""
+def named_files(root: Path, stream: str, since_us: int | None = None, until_us: int | None = None,
+                days_from: str = "") -> list[FileInfo]:
+    """The files of a stream that may hold rows of ``[since_us, until_us)``, judged by names alone, in order.
+
+    ``days_from`` skips day folders named before it (the follower watches only the newest days).
+    """
     folder = Path(root) / stream
     if not folder.is_dir():
         known = ", ".join(streams(root)) or "none"
@@ -126,7 +130,7 @@ def named_files(root: Path, stream: str, since_us: int | None = None, until_us: 
     found = []
     for day_dir in folder.iterdir():
         day_us = day_start_us(day_dir.name)
-        if day_us is None or not day_dir.is_dir():
+        if day_us is None or day_dir.name < days_from or not day_dir.is_dir():
             continue
         if since_us is not None and day_us + DAY_SLACK_US <= since_us:
             continue

@@ -74,8 +74,8 @@ class Follower:
             conn.close()
 
     def _discover(self) -> None:
-        for info in named_files(self.root, self.stream):
-            if info.day >= self.floor_day and info.path not in self.done and info.path not in self.last:
+        for info in named_files(self.root, self.stream, days_from=self.floor_day):
+            if info.path not in self.done and info.path not in self.last:
                 self.last[info.path], self.infos[info.path] = 0, info
 
     def _read(self, path: Path) -> list[tuple]:

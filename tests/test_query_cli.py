@@ -171,4 +171,4 @@ def test_follow_prints_rows_as_they_are_committed_across_rotations(tmp_path):
     assert (code, err) == (0, "")
     got = [(int(ts), topic, payload.encode()) for ts, topic, payload, _, _ in list(csv.reader(io.StringIO(out)))[1:]]
     assert got == [(r[0], r[1], r[2]) for batch in batches for r in batch]
-    assert len(stream_files(tmp_path, "live")) == 2
+    assert len(stream_files(tmp_path, "live")) >= 2  # followed across a rotation
