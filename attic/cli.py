@@ -21,8 +21,13 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"
 
 
 def setup_logging(level: str) -> None:
-    """Plain, greppable lines on stderr (journald adds its own metadata)."""
+    """Plain, greppable lines on stderr (journald adds its own metadata).
+
+    One handler on the root logger (``force`` replaces any earlier one, so no line shows twice);
+    Python warnings become log lines too instead of multi-line blocks.
+    """
     logging.basicConfig(level=getattr(logging, level.upper()), format=LOG_FORMAT, stream=sys.stderr, force=True)
+    logging.captureWarnings(True)
 
 
 def fail(message: str, status: int = 1) -> None:
@@ -91,6 +96,11 @@ def check(config_path: str) -> None:
             schedule = f"every {format_duration(stream.every_s)}" if stream.every_s else f"cron {stream.cron!r}"
             what = f"modbus {schedule}"
         click.echo(f"  {stream.name}: {what}; {filters}")
+    report = config.report
+    extras = [f"JSON on {report.topic!r}"] if report.topic else []
+    extras += [f"/metrics on {report.prometheus}"] if report.prometheus else []
+    keep = f"; day folders kept {format_duration(storage.keep_s)}" if storage.keep_s else ""
+    click.echo(f"report every {format_duration(report.every_s)}{''.join(', ' + e for e in extras)}{keep}")
 
 
 @main.command("try")
