@@ -389,3 +389,18 @@ def test_readme_lists_every_builtin_with_its_options_and_its_example_filter_work
                                                                             factor=0.001)], tmp_path)
     records, _ = chain.process([(1, "meter/1", b'{"power": 1500}', 0, 0, None)])
     assert records[0].fields == {"power": 1.5}
+
+
+def test_an_error_deep_in_a_library_points_at_the_filters_own_line(tmp_path):
+    dropin(tmp_path, "parse", """
+        import json
+
+        def make():
+            def parse(record):
+                record.fields["n"] = json.loads(record.payload)["n"]
+                return record
+            return parse
+    """)
+    _, rejects = load_chain([spec("parse")], tmp_path).process([(1, "t", b"{oops", 0, 0, None)])
+    assert rejects[0].error == ("JSONDecodeError: Expecting property name enclosed in double quotes: line 1 "
+                                "column 2 (char 1) (parse.py:6)")

@@ -60,7 +60,7 @@ def _import_dropin(name: str, path: Path) -> ModuleType:
         raise FilterProblem(f"cannot load {path}: SyntaxError: {exc.msg} (line {exc.lineno})") from None
     except Exception as exc:  # noqa: BLE001 - whatever the file does wrong is a config problem
         _restore(module_name, previous)
-        raise FilterProblem(f"cannot load {path}: {type(exc).__name__}: {exc}{where(exc)}") from None
+        raise FilterProblem(f"cannot load {path}: {type(exc).__name__}: {exc}{where(exc, str(path))}") from None
     return module
 
 
@@ -136,7 +136,8 @@ def make_filter(module: ModuleType, options: dict[str, Any]) -> Callable[[Any], 
     except (ValueError, TypeError) as exc:
         raise FilterProblem(str(exc)) from None
     except Exception as exc:  # noqa: BLE001 - a broken drop-in is a config problem, not a crash
-        raise FilterProblem(f"make() failed: {type(exc).__name__}: {exc}{where(exc)}") from None
+        raise FilterProblem(f"make() failed: {type(exc).__name__}: {exc}{where(exc, getattr(module, '__file__', None))}") \
+            from None
     if not callable(fn):
         raise FilterProblem(f"make() returned {fn!r}, not a function of a record")
     return fn

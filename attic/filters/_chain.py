@@ -41,17 +41,25 @@ def fold(name: str) -> str:
     return name.translate(_ASCII_LOWER)
 
 
-def where(exc: BaseException) -> str:
-    """Given an exception, return `` (file.py:line)`` of its innermost frame, or ``""``."""
+def where(exc: BaseException, filename: str | None = None) -> str:
+    """Given an exception, return `` (file.py:line)``, or ``""`` without a traceback.
+
+    The line is the last one in ``filename`` (the filter's own file) when the traceback passes
+    through it, so an error raised deep inside ``json`` still points at the filter's line.
+    """
     frames = traceback.extract_tb(exc.__traceback__)
-    return f" ({Path(frames[-1].filename).name}:{frames[-1].lineno})" if frames else ""
+    if not frames:
+        return ""
+    own = [f for f in frames if f.filename == filename] if filename else []
+    frame = own[-1] if own else frames[-1]
+    return f" ({Path(frame.filename).name}:{frame.lineno})"
 
 
-def error_text(exc: BaseException) -> str:
-    """The ``error`` column for a record a filter raised on."""
+def error_text(exc: BaseException, filename: str | None = None) -> str:
+    """The ``error`` column for a record a filter (defined in ``filename``) raised on."""
     if isinstance(exc, Rejected):
         return str(exc)
-    return f"{type(exc).__name__}: {exc}{where(exc)}"
+    return f"{type(exc).__name__}: {exc}{where(exc, filename)}"
 
 
 def names_problem(names: tuple) -> str | None:
@@ -122,7 +130,7 @@ class FilterChain:
                     try:
                         result = fn(record)
                     except Exception as exc:  # noqa: BLE001 - any filter bug becomes a reject, never a stop
-                        rejects.append(Reject(ts, topic, payload, name, self._error(name, place, exc, topic)))
+                        rejects.append(Reject(ts, topic, payload, name, self._error(name, place, fn, exc, topic)))
                         continue
                     if isinstance(result, Record):
                         following.append(result)
@@ -146,8 +154,8 @@ class FilterChain:
                     rejects.append(Reject(ts, topic, payload, "store", problem))
         return records, rejects
 
-    def _error(self, name: str, place: str, exc: Exception, topic: str) -> str:
-        text = error_text(exc)
+    def _error(self, name: str, place: str, fn: Callable[[Any], Any], exc: Exception, topic: str) -> str:
+        text = error_text(exc, getattr(getattr(fn, "__code__", None), "co_filename", None))
         if place not in self._logged and not isinstance(exc, Rejected):
             self._logged.add(place)  # once per filter: a broken drop-in must not flood the journal
             log.warning("%s: filter %s raised on topic %r: %s; such records go to attic_rejects "
