@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from attic.config import ConfigError, Problems, _Reader, check_keys
+from attic.config import ConfigError, Problems, _line, _Reader, check_keys
 from attic.sources.registers import BIT_TABLES, MAX_REGISTERS, ORDERS, TABLES, TYPES, RegisterSpec
 from attic.yamlload import LineDict, YamlError, load_yaml
 
@@ -133,6 +133,16 @@ def parse_crontab(text: str) -> tuple[dict[str, str] | None, str | None]:
 
 # --------------------------------------------------------------------------- registers
 
+def _mapping(node: Any, line: int, place: str, problems: Problems, example: str) -> bool:
+    """True if ``node`` is a mapping; else report it once, at the line of its key, with an example."""
+    if isinstance(node, dict):
+        return True
+    got = "nothing" if node is None else repr(node) if isinstance(node, (str, int, float)) else \
+        "a list" if isinstance(node, list) else type(node).__name__
+    problems.add(line, place, f"must be a mapping like {example}, got {got}")
+    return False
+
+
 def _number(reader: _Reader, key: str, default: float) -> float:
     value = reader.raw(key, None)
     if value is None:
@@ -187,16 +197,20 @@ def _register(node: Any, place: str, problems: Problems, defaults: dict[str, str
     return spec if len(problems.lines) == known else None  # a broken register is not checked for overlaps
 
 
-def parse_registers(node: Any, place: str, problems: Problems, defaults: dict[str, str]) -> tuple[RegisterSpec, ...]:
-    """Given a YAML list of registers, return the specs; report bad ones, duplicate names and overlaps."""
+def parse_registers(node: Any, place: str, problems: Problems, defaults: dict[str, str],
+                    line: int = 0) -> tuple[RegisterSpec, ...]:
+    """Given a YAML list of registers (its key on ``line``), return the specs; report bad ones, duplicate
+    names and overlaps."""
     if not isinstance(node, list) or not node:
-        problems.add(getattr(node, "line", 0), place, "must be a list of registers like [{name: voltage, "
+        problems.add(getattr(node, "line", line), place, "must be a list of registers like [{name: voltage, "
                      "address: 0, type: float32, table: input}]")
         return ()
     specs: list[tuple[RegisterSpec, int, str]] = []
     for i, item in enumerate(node):
         item_place = f"{place}[{i}]"
         line = node.line_of(i) if hasattr(node, "line_of") else 0
+        if not _mapping(item, line, item_place, problems, "{name: voltage, address: 0, type: float32}"):
+            continue
         spec = _register(item, item_place, problems, defaults)
         if spec is not None:
             specs.append((spec, line, item_place))
@@ -240,10 +254,16 @@ def parse_modbus_stream(reader: _Reader) -> tuple[float | None, str | None, Modb
             reader.bad("cron", problem)
         cron_fields = tuple(fields.items()) if fields else None
     place = f"{reader.place}.modbus"
+    if not _mapping(reader.node.get("modbus"), _line(reader.node, "modbus"), place, reader.problems,
+                    "{host: 10.0.0.7, unit: 1, device: eastron_sdm630}"):
+        return every_s, None, ModbusSettings(host="?", device="?", place=reader.place)
     m = _Reader(reader.raw("modbus"), place, reader.problems, reader.base_dir)
     check_keys(m.node, place, MODBUS_KEYS, reader.problems)
     host, serial = m.text("host", None), None
-    if "serial" in m.node:
+    if "serial" in m.node and not _mapping(m.node.get("serial"), _line(m.node, "serial"), f"{place}.serial",
+                                           reader.problems, "{port: /dev/ttyUSB0, baudrate: 9600}"):
+        serial = SerialSettings(port="?")
+    elif "serial" in m.node:
         s = _Reader(m.raw("serial"), f"{place}.serial", reader.problems, reader.base_dir)
         check_keys(s.node, s.place, SERIAL_KEYS, reader.problems)
         serial = SerialSettings(port=s.text("port", "", required=True) or "",
@@ -276,7 +296,8 @@ def parse_modbus_stream(reader: _Reader) -> tuple[float | None, str | None, Modb
     if (device is None) == ("registers" not in m.node):
         m.bad("device", "give exactly one of device: (a register map like eastron_sdm630) or registers: [...]")
     elif device is None:
-        registers = parse_registers(m.raw("registers"), f"{place}.registers", reader.problems, defaults)
+        registers = parse_registers(m.raw("registers"), f"{place}.registers", reader.problems, defaults,
+                                    _line(m.node, "registers"))
     settings = ModbusSettings(
         host=host, port=m.integer("port", 502, 1, 65535), serial=serial, units=units, timeout_s=timeout_s,
         device=device, registers=registers, max_block=m.integer("max_block", 0, 1, MAX_REGISTERS) or None,
@@ -295,9 +316,13 @@ def device_folders(devices_dir: Path | None) -> list[Path]:
     return ([devices_dir] if devices_dir else []) + [BUILTIN_DEVICES]
 
 
+def _is_path(name: str) -> bool:
+    return name.endswith((".yaml", ".yml")) or "/" in name
+
+
 def find_device(name: str, devices_dir: Path | None, base_dir: Path) -> Path | None:
     """Given a device name (or a path to a .yaml map), return its file, or None."""
-    if name.endswith((".yaml", ".yml")) or "/" in name:
+    if _is_path(name):
         path = Path(name).expanduser()
         path = path if path.is_absolute() else base_dir / path
         return path if path.is_file() else None
@@ -308,26 +333,46 @@ def find_device(name: str, devices_dir: Path | None, base_dir: Path) -> Path | N
     return None
 
 
-def load_device_map(path: Path) -> DeviceMap:
-    """Given a device map file, return its registers and limits. Raise ConfigError with one line per problem."""
-    problems = Problems(path.name)
+def load_device_map(path: Path, shown: str | None = None) -> DeviceMap:
+    """Given a device map file, return its registers and limits. Raise ConfigError with one line per problem.
+
+    ``shown`` is how problems name the file (default: its name).
+    """
+    shown = shown or path.name
+    problems = Problems(shown)
     try:
-        document = load_yaml(path.read_text(encoding="utf-8"), path.name)
+        document = load_yaml(path.read_text(encoding="utf-8"), shown)
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError([f"{path.name}: cannot read: {exc}"]) from None
+        raise ConfigError([f"{shown}: cannot read: {exc}"]) from None
     except YamlError as exc:
         raise ConfigError([str(exc)]) from None
+    if document is None:
+        raise ConfigError([f"{shown}: is empty; a device map needs registers: [{{name: voltage, address: 0, "
+                           "type: float32, table: input}, ...]"])
+    if not _mapping(document, getattr(document, "line", 0), "", problems,
+                    "{model: ..., table: input, registers: [...]}"):
+        raise ConfigError(problems.lines)
     top = _Reader(document, "", problems, path.parent)
     check_keys(top.node, "", DEVICE_KEYS, problems)
     defaults = {k: top.choice(k, "big", ORDERS) for k in ("word_order", "byte_order") if k in top.node}
     if "table" in top.node:
         defaults["table"] = top.choice("table", "holding", TABLES)
-    registers = parse_registers(top.raw("registers"), "registers", problems, defaults)
+    registers = parse_registers(top.raw("registers"), "registers", problems, defaults, _line(top.node, "registers"))
     result = DeviceMap(registers, top.integer("max_block", MAX_REGISTERS, 1, MAX_REGISTERS),
                        top.integer("max_gap", 0, 0, MAX_REGISTERS), top.text("model", None))
     if problems.lines:
         raise ConfigError(problems.lines)
     return result
+
+
+def _shown(path: Path, base_dir: Path) -> str:
+    """A map's path as problems show it: relative to the config's folder when inside it, else the name or path."""
+    if path.parent == BUILTIN_DEVICES:
+        return path.name
+    try:
+        return str(path.resolve().relative_to(base_dir.resolve()))
+    except ValueError:
+        return str(path)
 
 
 def resolve_device(settings: ModbusSettings, devices_dir: Path | None, base_dir: Path) -> DeviceMap:
@@ -336,6 +381,9 @@ def resolve_device(settings: ModbusSettings, devices_dir: Path | None, base_dir:
         found = DeviceMap(settings.registers, MAX_REGISTERS, 0)
     else:
         path = find_device(settings.device, devices_dir, base_dir)
+        if path is None and _is_path(settings.device):
+            raise ConfigError([f"no such file: {base_dir / Path(settings.device).expanduser()}; name a built-in map "
+                               "(like eastron_sdm630) or a .yaml file relative to the config"])
         if path is None:
             known = sorted({p.stem for folder in device_folders(devices_dir) if folder.is_dir()
                             for p in folder.glob("*.yaml")})
@@ -343,7 +391,7 @@ def resolve_device(settings: ModbusSettings, devices_dir: Path | None, base_dir:
             hint = f"did you mean '{close[0]}'? " if close else ""
             raise ConfigError([f"unknown device map {settings.device!r}; {hint}(known: {', '.join(known) or 'none'}; "
                                f"or add {settings.device}.yaml to devices_dir)"])
-        found = load_device_map(path)
+        found = load_device_map(path, _shown(path, base_dir))
     return DeviceMap(found.registers, settings.max_block or found.max_block,
                      found.max_gap if settings.max_gap is None else settings.max_gap, found.model)
 
