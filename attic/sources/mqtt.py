@@ -11,7 +11,7 @@ holds the messages. A token packs ``mid | qos << 16 | generation << 18``; acks a
 only for messages of the current connection, since after a reconnect the broker redelivers
 what was not acknowledged (at-least-once: a duplicate row is possible, a lost one is not).
 
-paho is imported only here: its API changes between major versions.
+paho is imported only here and in paho_tuning.py: its API changes between major versions.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from attic.config import Broker, client_id_for
+from attic.sources.paho_tuning import TunedClient
 
 log = logging.getLogger("attic.mqtt")
 
@@ -43,68 +44,10 @@ BENCH_AUTO_ACK = os.environ.get("ATTIC_BENCH_AUTO_ACK") == "1"
 EventSink = Callable[[str, str], None]  # (kind, detail) → an attic_events row
 
 
-class _ReadAhead:
-    """A socket whose ``recv`` serves from a read-ahead buffer.
-
-    paho reads every packet with three or more ``recv`` calls (command byte, each length byte,
-    body): a syscall and a trip through the GIL each. Reading 64 KiB at a time and serving the
-    small reads from memory cut the network thread's cost per message markedly (see
-    benchmarks/drain.py). ``pending()`` tells paho's loop that buffered bytes are waiting,
-    the same hook it uses for TLS sockets, so it never sleeps in select() with data in hand.
-    """
-
-    __slots__ = ("_sock", "_buffer", "_pos")
-
-    def __init__(self, sock: object):
-        self._sock = sock
-        self._buffer = b""
-        self._pos = 0
-
-    def recv(self, size: int) -> bytes:
-        pos = self._pos
-        if pos >= len(self._buffer):
-            data = self._sock.recv(65536)  # BlockingIOError / SSL errors pass through to paho
-            if size >= len(data):
-                return data
-            self._buffer, pos = data, 0
-        end = pos + size
-        self._pos = end
-        return self._buffer[pos:end]
-
-    def pending(self) -> int:
-        inner = self._sock.pending() if hasattr(self._sock, "pending") else 0
-        return len(self._buffer) - self._pos + inner
-
-    def send(self, data: bytes) -> int:
-        return self._sock.send(data)
-
-    def __getattr__(self, name: str) -> object:
-        return getattr(self._sock, name)
-
-
-class _Client(mqtt.Client):
-    """paho's client with a read-ahead socket and acknowledgements sent in batches."""
-
-    def _create_socket(self):  # noqa: ANN202 - paho's private hook, same as its websocket wrapper
-        return _ReadAhead(super()._create_socket())
-
-    def ack_batch(self, mids: list[int], qos: int) -> None:
-        """Queue PUBACKs (QoS 1) or PUBCOMPs (QoS 2) for ``mids`` as one write, one wake-up.
-
-        ``Client.ack`` queues one packet and wakes the network thread once per message;
-        a batch of 5,000 acks would be 5,000 syscalls. The packets are identical to paho's
-        (fixed header, length 2, message id; MQTT 5 allows leaving out a success reason code).
-        """
-        command = 0x40 if qos == 1 else 0x70
-        header = bytes((command, 2))
-        data = b"".join(header + mid.to_bytes(2, "big") for mid in mids)
-        self._packet_queue(command, data, 0, 0)
-
-
 def make_client(broker: Broker, client_id: str, persistent: bool, manual_ack: bool = False) -> mqtt.Client:
     """Given broker settings, return a configured (not yet connected) paho client."""
     v5 = broker.protocol == "5"
-    client = _Client(
+    client = TunedClient(
         CallbackAPIVersion.VERSION2,
         client_id=client_id,
         protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
@@ -162,6 +105,9 @@ class MqttSource:
         self._down_logged = False
         self._intake = True
         self._closing = threading.Event()
+        self.subscribed = threading.Event()  # the broker confirmed the subscription on this connection
+        self.session_present = False         # the last connect resumed a session the broker held
+        self.subscribe_on_connect = True     # off for a drain (attic.workers): it only empties the session
         self._watchdog: threading.Thread | None = None
         self.client = make_client(broker, self.client_id, self.persistent, manual_ack=self.manual_ack)
         self.client.on_connect = self._on_connect
@@ -240,9 +186,12 @@ class MqttSource:
         self._connected = True
         self._down_logged = False
         self.last_message = time.time_ns() // 1000
+        self.session_present = bool(flags.session_present)
         resumed = " (session resumed)" if flags.session_present else ""
         log.info("stream %s: connected to %s as %s%s", self.stream, self.address, self.client_id, resumed)
         self.event("connected", f"{self.address} as {self.client_id}{resumed}")
+        if not self.subscribe_on_connect:
+            return
         if self.broker.protocol == "5":
             # retainHandling=1: retained messages only for a new subscription, not on every resume
             client.subscribe(self.topic, options=SubscribeOptions(qos=self.qos, retainHandling=1))
@@ -258,6 +207,7 @@ class MqttSource:
             else:
                 log.info("stream %s: subscribed to %s (QoS %d)", self.stream, self.topic, code.value)
                 self.event("subscribed", f"{self.topic} qos {code.value}")
+                self.subscribed.set()
 
     def _on_connect_fail(self, client, userdata) -> None:
         # paho calls this from inside its `except OSError`, so the error is still at hand.
@@ -271,6 +221,7 @@ class MqttSource:
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         was_connected, self._connected = self._connected, False
+        self.subscribed.clear()
         if self._closing.is_set():
             log.info("stream %s: disconnected from %s", self.stream, self.address)
             self.event("disconnected", f"{self.address}: stopped")
