@@ -15,11 +15,9 @@ cache, all in the same process run, so the ratio is a same-run comparison. Rows:
 from __future__ import annotations
 
 import argparse
-import os
 import queue
 import sqlite3
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -30,24 +28,10 @@ from attic.logfile import LogFile
 from attic.periods import US
 from attic.store import RotatingStore
 from attic.writer import Writer
+from benchmarks.harness import machine, print_table
 
 DAY = int(datetime(2031, 1, 1, tzinfo=timezone.utc).timestamp()) * US  # in the future: no file closes by the clock
 STREAM = "bench"
-
-
-def print_table(title: str, header: list[str], rows: list[list[object]]) -> None:
-    print(f"\n{title}")
-    cells = [header] + [[f"{c:,.2f}" if isinstance(c, float) else f"{c:,}" if isinstance(c, int) else str(c)
-                         for c in row] for row in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
-    for n, row in enumerate(cells):
-        print("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))))
-        if n == 0:
-            print("  ".join("-" * w for w in widths))
-
-
-def machine() -> str:
-    return f"{os.cpu_count()} cores, Python {sys.version.split()[0]}, {time.strftime('%Y-%m-%d')}"
 
 
 def make_rows(count: int, hours: int) -> list[tuple]:
@@ -85,26 +69,22 @@ def timed(rounds: int, run: Callable[[], int]) -> tuple[float, int]:
     return statistics.median(times), count
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, default=1_000_000)
-    parser.add_argument("--hours", type=int, default=24, help="one file per hour")
-    parser.add_argument("--rounds", type=int, default=3)
-    args = parser.parse_args(argv)
+def run(rows: int = 1_000_000, hours: int = 24, rounds: int = 3) -> tuple[str, list[str], list[list[object]]]:
+    """Write and read back; return the table (title, header, rows)."""
     import pandas as pd
 
     import attic
 
     with tempfile.TemporaryDirectory(prefix="attic-bench-read-") as folder:
         root, single = Path(folder) / "logs", Path(folder) / "single.sqlite"
-        records = make_rows(args.rows, args.hours)
+        records = make_rows(rows, hours)
         started = time.perf_counter()
         write_rotated(root, records)
         wrote_s = time.perf_counter() - started
         write_single(single, records)
         del records
         files = attic.files(root, STREAM)
-        since, until = DAY + 5400 * US, DAY + (args.hours * 3600 - 5400) * US
+        since, until = DAY + 5400 * US, DAY + (hours * 3600 - 5400) * US
 
         def read_sql(sql: str, params: tuple = ()) -> int:
             conn = sqlite3.connect(f"file:{single}?mode=ro", uri=True)
@@ -130,14 +110,23 @@ def main(argv: list[str] | None = None) -> None:
             ("fetchall, 1 file", fetchall, None),
             (f"attic.rows, {len(files)} files", lambda: sum(1 for _ in attic.rows(root, stream=STREAM)), 4),
         ]
-        results = [timed(args.rounds, run) for _, run, _ in cases]
+        results = [timed(rounds, run) for _, run, _ in cases]
         table = []
         for (name, _, baseline), (seconds, count) in zip(cases, results, strict=True):
             ratio = "1.00 (baseline)" if baseline is None else f"{seconds / results[baseline][0]:.2f}"
             table.append([name, count, seconds, int(count / seconds), ratio])
-    print_table(f"Reading {args.rows:,} rows into pandas ({machine()}; median of {args.rounds}; "
-                f"written by the real writer in {wrote_s:.1f}s)",
-                ["read", "rows", "seconds", "rows/s", "time vs baseline"], table)
+    return (f"Reading {rows:,} rows into pandas ({machine()}; median of {rounds}; "
+            f"written by the real writer in {wrote_s:.1f}s)",
+            ["read", "rows", "seconds", "rows/s", "time vs baseline"], table)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--hours", type=int, default=24, help="one file per hour")
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args(argv)
+    print_table(*run(args.rows, args.hours, args.rounds))
 
 
 if __name__ == "__main__":
