@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
 import signal
 import sqlite3
+import subprocess
 import sys
+import textwrap
 import threading
 import time
 from pathlib import Path
@@ -27,7 +30,6 @@ from attic.preflight import preflight
 from attic.service import Service
 from attic.simulate import Simulation, summary
 
-FILTERS_READY = False  # TODO: True once the built-in filters land
 DEVICES, RATE = 20, 5.0  # 100 messages/s: lively, and easy for the pure-Python broker
 
 CONFIG = """\
@@ -45,7 +47,11 @@ report:
 streams:
   - name: tele          # temperature, humidity, battery as typed columns
     topic: sensors/+/+/telemetry
-    qos: 1{filters}
+    qos: 1
+    filters:
+      - json_fields: {{fields: {{temperature: real, humidity: real, battery: real}}}}
+      - topic_fields: {{levels: {{1: site, 2: device}}}}
+      - range_check: {{field: temperature, min: -40, max: 85}}   # else to attic_rejects
   - name: everything    # every message, raw
     topic: "#"
     qos: 1
@@ -53,19 +59,14 @@ streams:
     every: 1s
     modbus: {{host: 127.0.0.1, port: {meter_port}, unit: 1, device: eastron_sdm630, timeout: 500ms}}
 """
-FILTERS = """
-    filters:
-      - json_fields: {fields: {temperature: real, humidity: real, battery: real}}
-      - topic_fields: {levels: {1: site, 2: device}}
-      - range_check: {field: temperature, min: -40, max: 85}   # else to attic_rejects"""
 
 
-def write_config(root: Path, broker_port: int, amqtt: bool, meter_port: int, filters: bool = FILTERS_READY) -> Path:
+def write_config(root: Path, broker_port: int, amqtt: bool, meter_port: int) -> Path:
     """Write the demo's config into ``root`` and return its path."""
     dropped = "\n  dropped_topic: null   # amqtt publishes no drop counter" if amqtt else ""
     path = root / "attic-demo.yaml"
     path.write_text(CONFIG.format(broker_port=broker_port, protocol="3.1.1" if amqtt else "5", dropped=dropped,
-                                  meter_port=meter_port, filters=FILTERS if filters else ""))
+                                  meter_port=meter_port))
     return path
 
 
@@ -221,32 +222,44 @@ class Demo:
             say("\n" + summary(sim, sim.progress()))
         if self.sim_error is not None:
             say(f"simulator failed: {self.sim_error}")
-        logs = Path(os.path.relpath(self.logs))
-        say(f"\nfiles under {logs}/ (config: {os.path.relpath(self.root / 'attic-demo.yaml')}, "
-            f"log: {os.path.relpath(self.root / 'attic.log')}):")
-        empty = []
+        logs = shown(self.logs)
+        say(f"\nfiles under {logs}/ (config: {shown(self.root / 'attic-demo.yaml')}, "
+            f"log: {shown(self.root / 'attic.log')}):")
+        totals = {}
         for folder in sorted(p for p in self.logs.iterdir() if p.is_dir()) if self.logs.is_dir() else []:
             files = sorted(folder.glob("*/*.sqlite"))
             counts = [table_counts(path) for path in files]
-            rows, rejects = sum(c[0] for c in counts), sum(c[1] for c in counts)
-            say(f"  {folder.name}/  {rows} rows in {len(files)} files" + (f", {rejects} rejected by filters"
-                                                                        if rejects else ""))
+            totals[folder.name] = rows = sum(c[0] for c in counts)
+            rejects = sum(c[1] for c in counts)
+            say(f"  {folder.name}/  {rows} rows in {len(files)} file(s)"
+                + (f", {rejects} rejected by filters" if rejects else ""))
             for path, (n, _) in zip(files, counts, strict=True):
                 say(f"    {path.relative_to(folder)}  {n:>6} rows")
-            if not rows:
-                empty.append(folder.name)
-        say(f"\nread them back:\n  sqlite3 {_first(logs, 'tele')} \\\n"
-            "    \"SELECT datetime(ts_us/1e6, 'unixepoch'), site, device, temperature FROM messages LIMIT 5\"")
-        say(f"  attic query {logs} --stream tele --limit 5")
+        query = ["attic", "query", logs, "--stream", "tele", "--columns", "site,device,temperature,humidity",
+                 "--limit", "5"]
+        say(f"\nread them back:\n  {shlex.join(query)}")
+        done = subprocess.run([sys.executable, "-m", *query], capture_output=True, text=True, timeout=60)
+        say(textwrap.indent((done.stdout + done.stderr).rstrip(), "    "))
+        say(f"  attic query {logs} --stream tele --table attic_rejects --columns stage,error --limit 5\n"
+            f"  attic files {logs}\n"
+            f"  sqlite3 {latest(self.logs, 'meter')} 'SELECT * FROM messages LIMIT 5'")
         say("\nor in Python (pip install 'attic[pandas]'):\n"
             "  import attic\n"
-            f"  df = attic.read({str(logs)!r}, stream='tele')\n"
-            "  df.groupby('site').temperature.describe()")
-        missing = empty or [s for s in ("tele", "everything", "meter") if not (self.logs / s).is_dir()]
-        if missing and not self.signals:
-            say(f"\nError: no rows for {', '.join(missing)}; see {self.root / 'attic.log'}")
+            f"  df = attic.read({logs!r}, stream='tele')\n"
+            "  df.groupby('site').temperature.describe()\n"
+            f"  meter = attic.read({logs!r}, stream='meter')")
+        empty = [name for name in ("tele", "everything", "meter") if not totals.get(name)]
+        if self.sim_error is not None or (empty and not self.signals):
+            say(f"\nError: {'no rows for ' + ', '.join(empty) if empty else 'the simulator failed'}; "
+                f"see {shown(self.root / 'attic.log')}")
             return 1
         return 0
+
+
+def shown(path: Path) -> str:
+    """``path`` as the user would type it: relative when below the current folder."""
+    relative = os.path.relpath(path)
+    return str(path) if relative.startswith("..") else relative
 
 
 def table_counts(path: Path) -> tuple[int, int]:
@@ -259,6 +272,6 @@ def table_counts(path: Path) -> tuple[int, int]:
         conn.close()
 
 
-def _first(logs: Path, stream: str) -> str:
+def latest(logs: Path, stream: str) -> str:
     files = sorted((logs / stream).glob("*/*.sqlite"))
-    return str(files[-1] if files else logs / stream / "<day>" / "<start>.sqlite")
+    return shown(files[-1] if files else logs / stream / "<day>" / "<start>.sqlite")
