@@ -38,7 +38,6 @@ DRAIN_S = 10.0        # commit latencies leave the writer at least this often
 ANSWER_S = 2.0        # how long a round waits for the writers' answers
 GROWTH = 1.05         # latency histogram buckets grow by 5%: percentiles within ~2.5%
 PROM_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-PROMETHEUS_MISSING = "report.prometheus needs prometheus-client: pip install 'attic[prometheus]'"
 COUNTER_DOCS = {
     "received": "Messages (or Modbus rows) the stream received",
     "written": "Rows committed to the stream's files",
@@ -120,12 +119,12 @@ class Exporter:
         try:
             from prometheus_client import CollectorRegistry, ProcessCollector, start_http_server
         except ImportError:
-            raise RuntimeError(PROMETHEUS_MISSING) from None
+            raise RuntimeError("needs prometheus-client: pip install 'attic[prometheus]'") from None
         host, _, port = address.rpartition(":")
         self.address = f"{host or '0.0.0.0'}:{port}"
         self.streams = streams
         self.lock = threading.Lock()
-        self.hist: dict[str, tuple[list[int], float]] = {}  # name -> (count per bucket, +Inf last; sum s)
+        self.hist: dict[str, list] = {}  # name -> [count per bucket (+Inf last), sum in seconds]
         registry = CollectorRegistry()
         registry.register(self)
         ProcessCollector(registry=registry)
@@ -136,27 +135,27 @@ class Exporter:
 
     def observe(self, name: str, values_us: list[int]) -> None:
         with self.lock:
-            counts, total = self.hist.get(name) or ([0] * (len(PROM_BUCKETS_S) + 1), 0.0)
+            hist = self.hist.setdefault(name, [[0] * (len(PROM_BUCKETS_S) + 1), 0.0])
             for value in values_us:
-                counts[bisect.bisect_left(PROM_BUCKETS_S, value / 1e6)] += 1
-            self.hist[name] = (counts, total + sum(values_us) / 1e6)
+                hist[0][bisect.bisect_left(PROM_BUCKETS_S, value / 1e6)] += 1
+            hist[1] += sum(values_us) / 1e6
 
     def collect(self) -> list:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
         counters = {key: CounterMetricFamily(f"attic_{key}", doc, labels=["stream"])
                     for key, doc in COUNTER_DOCS.items()}
-        queue = GaugeMetricFamily("attic_queue_depth", "Records waiting for the writer", labels=["stream"])
-        hist = HistogramMetricFamily("attic_commit_seconds", "Commit latency", labels=["stream"])
+        depth = GaugeMetricFamily("attic_queue_depth", "Records waiting for the writer", labels=["stream"])
+        latency = HistogramMetricFamily("attic_commit_seconds", "Commit latency", labels=["stream"])
+        bounds = [str(b) for b in PROM_BUCKETS_S] + ["+Inf"]
         with self.lock:
             for name, stream in self.streams().items():
                 now = snapshot(stream)
                 for key in COUNTERS:
                     counters[key].add_metric([name], now[key])
-                queue.add_metric([name], now["queue"])
-                counts, total = self.hist.get(name) or ([0] * (len(PROM_BUCKETS_S) + 1), 0.0)
-                bounds = [str(b) for b in PROM_BUCKETS_S] + ["+Inf"]
-                hist.add_metric([name], list(zip(bounds, itertools.accumulate(counts), strict=True)), total)
-        return [*counters.values(), queue, hist]
+                depth.add_metric([name], now["queue"])
+                counts, total = self.hist.get(name) or [[0] * len(bounds), 0.0]
+                latency.add_metric([name], list(zip(bounds, itertools.accumulate(counts), strict=True)), total)
+        return [*counters.values(), depth, latency]
 
     def close(self) -> None:
         self.server.shutdown()

@@ -3,23 +3,30 @@
 from __future__ import annotations
 
 import json
+import logging
+import queue
 import re
 import sys
+import time
 import urllib.request
+from types import SimpleNamespace
 
 import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from attic.config import ConfigError, load_config
+from attic.config import Broker, ConfigError, Report, load_config
 from attic.preflight import preflight
-from attic.report import Latency, figures, log_line
+from attic.report import Latency, Reporter, figures, log_line
+from attic.store import RotatingStore
+from attic.writer import Writer, WriterStats
 from tests.support import (
     AtticProcess,
     all_rows,
     committed_count,
     free_port,
     publish,
+    query,
     wait_for,
     write_config,
 )
@@ -169,3 +176,46 @@ def test_check_reports_missing_prometheus_extra_and_bad_topic(tmp_path, monkeypa
         "config.yaml: report.prometheus: needs prometheus-client: pip install 'attic[prometheus]'",
         "config.yaml: report.topic: must be a topic to publish to, without + or #, got 'attic/+/stats'",
     ]
+
+
+class FakeStream:
+    """Just what the reporter reads of a Stream: a source's counters, a writer, its queue."""
+
+    def __init__(self, writer):
+        self.source = SimpleNamespace(received=0, dropped=0, reconnects=0)
+        self.writer = writer
+        self.queue = writer.queue
+        self.started = time.monotonic()
+
+
+def test_round_writes_stats_through_the_writer_or_falls_back_to_counters_when_its_queue_is_full(tmp_path, caplog):
+    store = RotatingStore(tmp_path, "tele", 3600)
+    writer = Writer("tele", store, queue.Queue(10), commit_every_s=0.25, commit_rows=100)
+    stream = FakeStream(writer)
+    reporter = Reporter(Report(every_s=60), Broker(), lambda: {"tele": stream}, "run1", tmp_path)
+    writer.start()
+    try:
+        for i in range(5):
+            writer.queue.put((time.time_ns() // 1000, "a/b", str(i).encode(), 0, 0, 0))
+        stream.source.received = 5
+        assert writer.sync()
+        values = reporter.round()["tele"]
+        assert values["written"] == 5 and values["received"] == 5 and values["commit_p50_ms"] > 0
+        assert writer.stats.commit_us == []  # swapped out on the writer thread
+        assert reporter.round(report=False) == {"tele": None}  # a drain: no report, no rows
+        assert writer.sync()
+        rows = dict(query(store.current.path, "SELECT key, value FROM attic_stats"))
+        assert rows["written"] == 5 and rows["received_per_s"] > 0 and "file" not in rows
+        assert len(query(store.current.path, "SELECT * FROM attic_stats")) == len(values)
+    finally:
+        writer.stop()
+    stuck = SimpleNamespace(name="tele", alive=True, queue=queue.Queue(1), stats=WriterStats(),
+                            store=SimpleNamespace(current=None))
+    stuck.queue.put(object())  # a busy writer: its queue is full
+    busy = FakeStream(stuck)
+    busy.source.received = 7
+    reporter = Reporter(Report(every_s=60), Broker(), lambda: {"tele": busy}, "run1", tmp_path)
+    with caplog.at_level(logging.DEBUG, logger="attic.report"):
+        values = reporter.round()["tele"]
+    assert values["received"] == 7 and values["commit_p50_ms"] is None
+    assert "stream tele: writer busy" in caplog.text and "no attic_stats rows this round" in caplog.text
