@@ -92,6 +92,7 @@ def test_live_file_is_readable_while_attic_writes(tmp_path, broker, ns):
     attic = AtticProcess(config_for(tmp_path, broker, ns, rotate="1h")).start()
     try:
         broker.wait_subscribed(f"{ns}-tele", f"{ns}/sensors/+/+/telemetry")
+        broker.wait_subscribed(f"{ns}-everything", f"{ns}/#")
         publish(broker.port, messages(ns, 200), qos=1)
         from tests.support import committed_count, wait_for
         wait_for(lambda: committed_count(tmp_path / "logs", "everything") == 200, 10, message="200 rows")
@@ -105,6 +106,7 @@ def test_live_file_is_readable_while_attic_writes(tmp_path, broker, ns):
 def test_second_signal_exits_at_once(tmp_path, broker, ns):
     attic = AtticProcess(config_for(tmp_path, broker, ns, rotate="1h")).start()
     broker.wait_subscribed(f"{ns}-tele", f"{ns}/sensors/+/+/telemetry")
+    broker.wait_subscribed(f"{ns}-everything", f"{ns}/#")
     publish(broker.port, messages(ns, 100), qos=1)
     attic.signal(signal.SIGINT)
     attic.signal(signal.SIGINT)
@@ -118,6 +120,7 @@ def test_two_attics_on_one_folder_refuse(tmp_path, broker, ns):
     first = AtticProcess(config).start()
     try:
         broker.wait_subscribed(f"{ns}-tele", f"{ns}/sensors/+/+/telemetry")
+        broker.wait_subscribed(f"{ns}-everything", f"{ns}/#")
         second = AtticProcess(config, log=tmp_path / "second.log").start()
         assert second.proc.wait(20) == 1
         assert "is being written by pid" in second.log_text()
@@ -129,6 +132,7 @@ def test_two_attics_on_one_folder_refuse(tmp_path, broker, ns):
 def test_files_hold_the_schema(tmp_path, broker, ns):
     attic = AtticProcess(config_for(tmp_path, broker, ns, rotate="1h")).start()
     broker.wait_subscribed(f"{ns}-tele", f"{ns}/sensors/+/+/telemetry")
+    broker.wait_subscribed(f"{ns}-everything", f"{ns}/#")
     publish(broker.port, messages(ns, 10), qos=1)
     assert attic.stop() == 0
     path = stream_files(tmp_path / "logs", "everything")[0]

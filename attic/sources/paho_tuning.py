@@ -1,8 +1,8 @@
-"""Three speed-ups for paho-mqtt 2.x's receive path, each measured with benchmarks/drain.py.
+"""Speed-ups for paho-mqtt 2.x's receive path, each measured with benchmarks/drain.py.
 
 The network thread is where a Python MQTT logger spends most of its CPU. Profiles (py-spy)
-showed three costs that do nothing for us; each is removed here without changing what paho
-does on the wire or hands to callbacks:
+showed costs that do nothing for us; each is removed here without changing what paho
+does on the wire or hands to ``on_message``:
 
 1. ``ReadAhead``: paho reads a packet with three or more ``recv`` calls (command byte, each
    length byte, body), a syscall and a GIL round trip each. Reading 64 KiB at a time took the
@@ -13,6 +13,8 @@ does on the wire or hands to callbacks:
    constructor fills two large dicts: 19 µs per message against 2.8 µs for a 3.1.1 PUBLISH.
    Almost every PUBLISH carries no properties (length byte 0); for those, the packet is
    decoded directly and given a fresh empty ``Properties`` cloned from a template.
+4. ``TunedClient._handle_on_message``: no per-message topic match for ``message_callback_add``
+   filters (Attic uses only ``on_message``).
 
 paho-mqtt is pinned below 3 in setup.cfg; tests/test_paho_tuning.py checks the decoder
 against paho's own for every kind of PUBLISH.
@@ -66,7 +68,7 @@ class ReadAhead:
 
 
 class TunedClient(mqtt.Client):
-    """paho's client with a read-ahead socket and acknowledgements sent in batches."""
+    """paho's client with a read-ahead socket, acks sent in batches, and a direct ``on_message``."""
 
     def _create_socket(self):  # noqa: ANN202 - paho's private hook, the one its websocket wrapper uses
         return ReadAhead(super()._create_socket())
@@ -81,6 +83,23 @@ class TunedClient(mqtt.Client):
         header = bytes((command, 2))
         data = b"".join(header + mid.to_bytes(2, "big") for mid in mids)
         self._packet_queue(command, data, 0, 0)
+
+    def _handle_on_message(self, message: mqtt.MQTTMessage) -> bool:
+        """Call ``on_message`` directly: paho first matches every topic against the filters of
+        ``message_callback_add`` under a lock (~4 µs per message), and Attic registers none."""
+        on_message = self.on_message
+        if on_message is not None:
+            with self._in_callback_mutex:
+                try:
+                    on_message(self, self._userdata, message)
+                except Exception as err:
+                    self._easy_log(mqtt.MQTT_LOG_ERR, "Caught exception in on_message: %s", err)
+                    if not self.suppress_exceptions:
+                        raise
+        return False
+
+    def message_callback_add(self, sub: str, callback: object) -> None:
+        raise NotImplementedError("TunedClient hands every message to on_message")
 
 
 _paho_decode_publish = _packet.decode_publish
