@@ -136,9 +136,10 @@ class SimulatedMeter:
         return self
 
     def stop(self) -> None:
-        if self._loop is not None and self._stop is not None:
+        """Stop serving (and close every connection); a second call does nothing."""
+        if self._thread.is_alive() and self._loop is not None and self._stop is not None:
             self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(10)
+            self._thread.join(10)
 
     # ------------------------------------------------------------------ on the server's loop
 

@@ -23,6 +23,9 @@ def test_every_second_slots_are_whole_seconds():
     assert schedule.grace_s == 1  # APScheduler takes whole seconds
     assert schedule.slot_at(TODAY + timedelta(seconds=3, milliseconds=4)) == TODAY + timedelta(seconds=3)
     assert schedule.slot_at(TODAY + timedelta(seconds=3, milliseconds=900)) == TODAY + timedelta(seconds=3)
+    # a poll that starts a hair before the next slot (APScheduler allowed it: within the 1 s grace) still has its slot
+    assert schedule.slot_at(TODAY + timedelta(seconds=3, microseconds=999_900)) == TODAY + timedelta(seconds=3)
+    assert schedule.slot_at(TODAY + timedelta(seconds=4)) == TODAY + timedelta(seconds=4)
     assert schedule.next_after(TODAY) == TODAY + timedelta(seconds=1)
     assert schedule.between(TODAY, TODAY + timedelta(seconds=4)) == [to_us(TODAY) + i * 1_000_000 for i in (1, 2, 3)]
     assert schedule.between(TODAY, TODAY + timedelta(seconds=1)) == []
@@ -41,6 +44,7 @@ def test_every_fifteen_minutes_is_on_the_quarter_hours():
 def test_sub_second_and_cron_schedules():
     schedule = Schedule(0.25, None, UTC)
     assert schedule.slot_at(TODAY + timedelta(milliseconds=760)) == TODAY + timedelta(milliseconds=750)
+    assert schedule.slot_at(TODAY + timedelta(milliseconds=999)) == TODAY + timedelta(milliseconds=750)
     assert len(schedule.between(TODAY, TODAY + timedelta(seconds=1))) == 3
     fields, _ = parse_crontab("*/5 * * * *")
     cron = Schedule(None, tuple(fields.items()), UTC)

@@ -83,17 +83,19 @@ class Schedule:
             today = datetime.now(tz).replace(hour=0, minute=0, second=0, microsecond=0)
             self.trigger: Any = IntervalTrigger(seconds=every_s, start_date=today, timezone=tz)
             self.grace_s = max(1, min(int(every_s / 2), 30))  # APScheduler takes whole seconds only
-            self.period_s = every_s
         else:
             self.trigger = CronTrigger(timezone=tz, **dict(cron_fields or ()))
             self.grace_s = 30
-            self.period_s = 60.0  # cron fires at most once a minute
 
     def slot_at(self, now: datetime) -> datetime | None:
-        """The slot a poll running at ``now`` serves: the latest one not after ``now``."""
-        lookback = min(self.grace_s, self.period_s) - 0.001
-        slot = self.trigger.get_next_fire_time(None, now - timedelta(seconds=lookback))
-        return slot if slot is not None and slot <= now else None
+        """The slot a poll running at ``now`` serves: the latest one not after ``now`` and at most the misfire
+        grace before it (APScheduler runs a job no later than that), else None."""
+        slot = self.trigger.get_next_fire_time(None, now - timedelta(seconds=self.grace_s))
+        if slot is None or slot > now:
+            return None
+        while (later := self.next_after(slot)) is not None and later <= now:
+            slot = later
+        return slot
 
     def next_after(self, slot: datetime) -> datetime:
         return self.trigger.get_next_fire_time(slot, slot)
@@ -319,7 +321,9 @@ class ModbusSource:
 
     def _poll_slot(self, now: datetime) -> None:
         slot = self.schedule.slot_at(now)
-        if slot is None:
+        if slot is None:  # APScheduler runs a job within the grace of its slot; only a clock step gets here
+            log.warning("stream %s: a poll started at %s matches no slot (did the clock jump?); skipped", self.name,
+                        now.isoformat(timespec="milliseconds"))
             return
         slot_us = to_us(slot)
         self._note_gap(slot)
