@@ -6,9 +6,11 @@ the reader under test; topic filters are checked against paho's own matcher.
 
 from __future__ import annotations
 
+import importlib
 import queue
 import random
 import sqlite3
+import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -195,6 +197,41 @@ def test_attic_tables_are_read_too(logs):
     # Committed with the last records, into the 18:00 file: the reader finds it all the same.
     assert events == expected(logs, since, until, sql_columns="ts_us, kind, detail", table="attic_events")
     assert [e[1:] for e in events] == [("note", "run a")]
+
+
+def test_a_window_reads_only_the_files_whose_periods_overlap_it(logs, monkeypatch):
+    read_module, catalog = importlib.import_module("attic.read"), importlib.import_module("attic.catalog")
+    opened, read_from = set(), set()
+    connect, select = catalog.connect, read_module.Rows.select
+
+    def spy_connect(path, final=False):
+        opened.add(Path(path))
+        return connect(path, final)
+
+    def spy_select(self, info, *args, **kwargs):
+        read_from.add(info.path)
+        return select(self, info, *args, **kwargs)
+
+    for module in (catalog, read_module):
+        monkeypatch.setattr(module, "connect", spy_connect)
+    monkeypatch.setattr(read_module.Rows, "select", spy_select)
+    since, until = DAY2 + 9 * 3600 * US, DAY2 + 10 * 3600 * US
+    assert list(attic.rows(logs, stream="tele", since=since, until=until, columns=COLUMNS)) == \
+        expected(logs, since, until)
+    every = stream_files(logs, "tele")
+    period = {p: (int(meta(p)["period_start_us"]), int(meta(p)["period_end_us"])) for p in every}
+    assert read_from == {p for p, (start, end) in period.items() if start < until and end > since}
+    assert len(read_from) == 3  # the two writers' 09:00 files and the 06:00-12:00 file
+    named_after = {p for p in every if int(p.name.split(".")[0]) * US >= until}
+    assert opened and not opened & named_after  # judged by names: a file named after the window is never opened
+
+
+def test_read_without_pandas_says_how_to_install_it(logs, monkeypatch):
+    monkeypatch.setitem(sys.modules, "pandas", None)  # what an import of a missing package does
+    with pytest.raises(ImportError, match=r"attic.read\(\) needs pandas: pip install 'attic\[pandas\]'"):
+        attic.read(logs, stream="tele")
+    assert len(list(attic.rows(logs, stream="tele", until=DAY1 + 4 * 3600 * US))) == \
+        len(expected(logs, None, DAY1 + 4 * 3600 * US))  # rows() needs no pandas
 
 
 def live_writer(root: Path, rotate_s: float = 3600) -> tuple[Writer, queue.Queue]:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import subprocess
 import sys
 
 import pytest
 
 from attic.simulate import Fleet, parse_rate
-from tests.support import AtticProcess, all_rows, committed_count, wait_for, write_config
+from tests.support import AtticProcess, all_rows, committed_count, free_port, wait_for, write_config
 
 
 def run_fleet(seed, ticks=50, devices=5):
@@ -92,3 +93,30 @@ def test_simulate_delivers_the_announced_number_of_messages(tmp_path, broker, ns
     rows = all_rows(tmp_path / "logs", "all")
     assert len(rows) == announced  # none lost, none twice
     assert sum(topic.endswith("/event") for _, topic, *_ in rows) == 20
+
+
+def test_simulate_modbus_serves_a_meter_whose_changing_values_attic_logs(tmp_path):
+    port = free_port()
+    meter = subprocess.Popen([sys.executable, "-m", "attic", "simulate", "--modbus", "--port", str(port)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert meter.stdout.readline().startswith(f"simulated eastron_sdm630 units 1 on 127.0.0.1:{port}")
+        config = write_config(tmp_path, f"""
+            storage: {{root: logs}}
+            streams:
+              - {{name: meter, every: 1s, modbus: {{host: 127.0.0.1, port: {port}, device: eastron_sdm630}}}}
+        """)
+        attic = AtticProcess(config).start()
+        try:
+            wait_for(lambda: committed_count(tmp_path / "logs", "meter") >= 3, 15, message="three polls")
+        finally:
+            assert attic.stop() == 0, attic.log_text()
+    finally:
+        meter.send_signal(signal.SIGTERM)
+        out, err = meter.communicate(timeout=15)
+    assert meter.returncode == 0, out + err
+    rows = all_rows(tmp_path / "logs", "meter", "SELECT topic, scheduled_us, l1_voltage, frequency FROM messages")
+    assert len(rows) >= 3 and {row[0] for row in rows} == {"modbus/meter/1"}
+    assert all(row[1] % 1_000_000 == 0 for row in rows)  # polled on whole seconds
+    assert all(220 < row[2] < 240 and 49.9 < row[3] < 50.1 for row in rows)  # plausible
+    assert len({row[2] for row in rows}) >= 2  # and changing (every second, at the half second)
