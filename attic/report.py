@@ -53,7 +53,8 @@ def snapshot(stream: Any) -> dict:
     source, stats, current = stream.source, stream.writer.stats, stream.writer.store.current
     return {"t": time.monotonic(), "received": source.received, "written": stats.written,
             "rejected": stats.rejected, "dropped": source.dropped, "reconnects": source.reconnects,
-            "commits": stats.commits, "queue": stream.queue.qsize(), "file": current.path if current else None}
+            "commits": stats.commits, "queue": stream.queue.qsize(), "file": current.path if current else None,
+            "extra": source.counters() if hasattr(source, "counters") else {}}  # Modbus: polls, poll_failed, ...
 
 
 class Latency:
@@ -86,7 +87,8 @@ def figures(prev: dict, now: dict, latency: Latency, cpu_percent: float, rss_mb:
             "written_per_s": round((now["written"] - prev["written"]) / span, 1),
             "queue": now["queue"], "commit_p50_ms": latency.percentile_ms(0.50),
             "commit_p95_ms": latency.percentile_ms(0.95), "commits": now["commits"],
-            **{key: now[key] for key in COUNTERS}, "cpu_percent": cpu_percent, "rss_mb": rss_mb}
+            **{key: now[key] for key in COUNTERS}, **now.get("extra", {}), "cpu_percent": cpu_percent,
+            "rss_mb": rss_mb}
 
 
 def log_line(name: str, values: dict, file: str) -> str:

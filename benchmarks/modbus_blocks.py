@@ -94,8 +94,19 @@ def run(rounds: int = 3, polls: int = 5, progress: bool = False) -> list[dict]:
                 "lag_median_ms": statistics.median(lags),
                 "lag_p95_ms": statistics.quantiles(lags, n=20, method="inclusive")[-1] if len(lags) > 1 else lags[0],
                 "lag_max_ms": lags[-1], "polls": len(lags), "missed": sum(r["missed"] for r in runs),
+                "rounds": rounds, "polls_per_run": polls,
             })
     return results
+
+
+def table(rows: list[dict]) -> tuple[str, list[str], list[list[object]]]:
+    """``run()``'s rows as ``print_table`` arguments (title, header, rows)."""
+    first = rows[0]
+    title = (f"Modbus: {first['values']} float32 values in {first['registers']} registers, polled every 1s, "
+             f"{first['rounds']} runs x {first['polls_per_run']} polls per variant ({machine()})")
+    header = ["bus", "reads", "requests/poll", "lag median ms", "lag p95 ms", "lag max ms", "polls", "missed"]
+    return title, header, [[r["bus"], r["reads"], round(r["requests_per_poll"], 1), r["lag_median_ms"],
+                            r["lag_p95_ms"], r["lag_max_ms"], r["polls"], r["missed"]] for r in rows]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -103,12 +114,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=3, help="Attic runs per variant (default 3)")
     parser.add_argument("--polls", type=int, default=5, help="measured polls per run (default 5)")
     args = parser.parse_args(argv)
-    rows = run(args.rounds, args.polls, progress=True)
-    print_table(f"Modbus: {VALUES} float32 values in {2 * VALUES} registers, polled every 1s, "
-                f"{args.rounds} runs x {args.polls} polls ({machine()})",
-                ["bus", "reads", "requests/poll", "lag median ms", "lag p95 ms", "lag max ms", "polls", "missed"],
-                [[r["bus"], r["reads"], round(r["requests_per_poll"], 1), r["lag_median_ms"], r["lag_p95_ms"],
-                  r["lag_max_ms"], r["polls"], r["missed"]] for r in rows])
+    print_table(*table(run(args.rounds, args.polls, progress=True)))
 
 
 if __name__ == "__main__":

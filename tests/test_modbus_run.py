@@ -87,6 +87,11 @@ def events(root, stream, kind=None):
     return [e for e in found if kind is None or e[1] == kind]
 
 
+def stats(root, stream) -> dict[str, float]:
+    """The latest value of each self-report key in the stream's attic_stats."""
+    return dict(all_rows(root, stream, "SELECT key, value FROM attic_stats ORDER BY ts_us"))
+
+
 def count_events(root, stream, kind) -> int:
     """For polling while Attic runs: 0 while a file is still being created."""
     try:
@@ -171,6 +176,7 @@ def test_server_killed_attic_records_failures_and_resumes(tmp_path):
     simulator = start_simulator(port, str(device))
     config = write_config(tmp_path, f"""
         storage: {{root: logs}}
+        report: {{every: 1s}}
         streams:
           - {{name: meter, every: 1s, modbus: {{host: 127.0.0.1, port: {port}, timeout: 0.3s, device: small.yaml}}}}
     """)
@@ -202,12 +208,17 @@ def test_server_killed_attic_records_failures_and_resumes(tmp_path):
     failed = events(root, "meter", "poll_failed")
     assert "unit 1 at 127.0.0.1:" in failed[0][2] and "(1 in a row; next try in 1s)" in failed[0][2]
     assert "(2 in a row; next try in 2s)" in failed[1][2]  # its own backoff, doubling
+    # the self-report counts them too (log line and attic_stats)
+    totals = stats(root, "meter")
+    assert 2 <= totals["poll_failed"] <= len(failed) and totals["poll_missed"] == 0 and totals["reconnects"] == 1
+    assert totals["polls"] >= len(rows) + 2 and "poll_failed=" in attic.log_text()
 
 
 def test_dead_unit_on_a_gateway_never_delays_the_live_one(tmp_path, meters):
     meter = meters(register_specs(tmp_path, "- {name: v, address: 0, type: int16}"), units=(1,), changing=False)
     config = write_config(tmp_path, f"""
         storage: {{root: logs}}
+        report: {{every: 1s}}
         streams:
           - name: gateway
             every: 1s
@@ -231,6 +242,8 @@ def test_dead_unit_on_a_gateway_never_delays_the_live_one(tmp_path, meters):
     failed = events(root, "gateway", "poll_failed")
     assert len(failed) >= 2 and all("unit 2 at" in detail and "no response" in detail for _, _, detail in failed)
     assert events(root, "gateway", "poll_missed") == []
+    totals = stats(root, "gateway")  # failures counted per unit in the self-report
+    assert totals["poll_failed_unit_2"] >= 2 and totals["poll_failed_unit_1"] == 0
 
 
 def test_eastron_maps_decode_a_simulated_meter_in_four_requests(tmp_path, meters):

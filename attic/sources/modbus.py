@@ -311,6 +311,15 @@ class ModbusSource:
         self.stop_intake()
         detach(self.settings, self)
 
+    def counters(self) -> dict[str, int]:
+        """Totals for the self-report (log line and attic_stats): polls, requests, failures (per unit with
+        several units) and missed slots."""
+        counts = {"polls": self.polls, "requests": self.requests, "poll_failed": self.poll_failed,
+                  "poll_missed": self.poll_missed}
+        if len(self.units) > 1:
+            counts.update({f"poll_failed_unit_{unit}": n for unit, n in self.unit_failed.items()})
+        return counts
+
     # ------------------------------------------------------------------ polling
 
     def _poll(self) -> None:
