@@ -63,8 +63,12 @@ def main() -> None:
 @main.command()
 @config_option
 @log_level_option
-def run(config_path: str, log_level: str) -> None:
+@click.option("--worker", hidden=True, help="Internal: one worker of a stream with workers > 1 (job on stdin).")
+def run(config_path: str, log_level: str, worker: str | None) -> None:
     """Run every stream of the config until SIGTERM or Ctrl-C (a second one exits at once)."""
+    if worker is not None:  # started by the parent `attic run` (attic/workers.py), which checked the config
+        from attic.workers import worker_main
+        sys.exit(worker_main(worker, log_level))
     setup_logging(log_level)
     config = load_checked(config_path)
     from attic.service import Service

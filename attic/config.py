@@ -440,6 +440,10 @@ def _stream(node: Any, index: int, broker: Broker, problems: Problems, base_dir:
     is_modbus = "modbus" in reader.node
     allowed = STREAM_COMMON + (STREAM_MODBUS if is_modbus else STREAM_MQTT + BROKER_KEYS)
     check_keys(reader.node, place, allowed, problems)
+    if is_modbus and "workers" in reader.node:  # say why instead of "unknown key"
+        problems.lines = [p for p in problems.lines if f" {place}.workers: unknown key" not in p]
+        reader.bad("workers", "only MQTT streams have workers (they share a subscription); a Modbus stream "
+                              "polls from one process: remove it")
     settings = _masked(reader.node)
     filters = _filters(reader.node.get("filters"), f"{place}.filters", problems)
     if is_modbus:

@@ -24,6 +24,7 @@ from typing import Any
 from attic.config import Config, ConfigError, StreamConfig, load_config
 from attic.durations import format_duration
 from attic.stream import Stream
+from attic.workers import Supervisor
 
 log = logging.getLogger("attic.service")
 
@@ -99,11 +100,17 @@ class Service:
         self._stop_requested = False
         self._reload_requested = False
         self._signals = 0
+        # streams with workers > 1 run in worker processes (attic/workers.py); the rest run here
+        self.supervisor = Supervisor(self.run_id, self._wake.set, lambda: self.streams)
 
     def start(self) -> None:
         """Start every stream; if one cannot start, stop the ones started and re-raise."""
         try:
+            self.supervisor.reconcile(self.config)
             for stream_config in self.config.streams:
+                if stream_config.workers > 1:
+                    self.supervisor.start_group(stream_config, self.config, stream_key(stream_config, self.config))
+                    continue
                 stream = Stream(stream_config, self.config, self.run_id)
                 stream.key = stream_key(stream_config, self.config)
                 stream.start()
@@ -113,7 +120,7 @@ class Service:
             raise
         self._watch_brokers()
         self._start_reporter()
-        log.info("attic running %d stream(s), run %s, files under %s", len(self.streams), self.run_id,
+        log.info("attic running %d stream(s), run %s, files under %s", len(self.config.streams), self.run_id,
                  self.config.storage.root)
 
     def _start_reporter(self) -> None:
@@ -155,11 +162,13 @@ class Service:
             watch.close()
         self.watches = []
         finished = True
+        self.supervisor.stop_intake()
         for stream in self.streams.values():
             stream.source.stop_intake()
         for stream in list(self.streams.values()):
             finished &= stream.stop(timeout=timeout)
         self.streams.clear()
+        finished &= self.supervisor.stop(timeout)
         return finished
 
     def reload_from_file(self) -> bool:
@@ -187,11 +196,22 @@ class Service:
 
     def reload(self, new: Config) -> ReloadPlan:
         """Apply ``new`` (already checked): stop removed and changed streams, start changed and added ones."""
-        plan = plan_reload(self.config, new, {name: stream.key for name, stream in self.streams.items()})
+        resized = self.supervisor.resize(new)  # only the number of workers changed: no restart
+        plan = plan_reload(self.config, new, {**{name: stream.key for name, stream in self.streams.items()},
+                                              **self.supervisor.keys()})
+        if plan.reporter:  # workers run their own report: they restart to take the new settings
+            plan.changed += [name for name in plan.unchanged if name in self.supervisor.groups]
+            plan.unchanged = [name for name in plan.unchanged if name not in self.supervisor.groups]
         stopping = plan.removed + plan.changed
         for name in stopping:
-            self.streams[name].source.stop_intake()
+            if name in self.streams:
+                self.streams[name].source.stop_intake()
+            else:
+                self.supervisor.stop_intake(name)
         for name in stopping:
+            if name not in self.streams:
+                self.supervisor.stop_group(name, removed=name in plan.removed)
+                continue
             stream = self.streams.pop(name)
             stream.stop(why=f"reload: {'removed' if name in plan.removed else 'changed'}")
             if name in plan.removed and stream.config.source == "mqtt" and stream.config.qos > 0:
@@ -201,6 +221,7 @@ class Service:
                 log.warning("stream %s: removed; the broker keeps its session %s and queues messages for it "
                             "until it expires (%s)", name, stream.source.client_id, until)
         self.config = new
+        self.supervisor.reconcile(new)  # sessions no longer used (fewer workers) are drained
         failed = []
         for name in plan.changed + plan.added:
             if not self._start_stream(name):
@@ -212,8 +233,11 @@ class Service:
             self._start_reporter()
         detail = {"added": plan.added, "removed": plan.removed, "changed": plan.changed,
                   "unchanged": plan.unchanged, "failed": failed, "report": plan.reporter}
+        if resized:
+            detail["resized"] = resized
         for stream in self.streams.values():
             stream.writer.event("reload", json.dumps(detail))
+        self.supervisor.event("reload", json.dumps(detail))
         log.info("reload: added %s; removed %s; changed %s; %d unchanged%s%s", ", ".join(plan.added) or "-",
                  ", ".join(plan.removed) or "-", ", ".join(plan.changed) or "-", len(plan.unchanged),
                  "; report restarted" if plan.reporter else "",
@@ -224,6 +248,10 @@ class Service:
         """Start one stream of the current config after a reload; log and return False if it cannot."""
         stream = None
         try:
+            if self.config.stream(name).workers > 1:
+                self.supervisor.start_group(self.config.stream(name), self.config,
+                                            stream_key(self.config.stream(name), self.config))
+                return True
             stream = Stream(self.config.stream(name), self.config, self.run_id)
             stream.key = stream_key(self.config.stream(name), self.config)
             stream.start()
@@ -251,6 +279,7 @@ class Service:
             log.warning("second signal: committing what is in hand and exiting")
             for stream in list(self.streams.values()):
                 stream.hurry()
+            self.supervisor.hurry()
         self._wake.set()
 
     def install_signal_handlers(self) -> None:
@@ -270,6 +299,7 @@ class Service:
                 self._reload_requested = False
                 self.reload_from_file()
             failed = [name for name, stream in self.streams.items() if not stream.writer.alive]
+            failed += self.supervisor.failed()
         if failed:
             log.error("stream(s) %s failed (see above); stopping so the service manager restarts Attic",
                       ", ".join(failed))
