@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import os
+import queue
 import threading
+from datetime import datetime, timezone
 from types import SimpleNamespace
 
 import pytest
 
-from attic.modbusconfig import ModbusSettings
+from attic.config import load_config
+from attic.modbusconfig import ModbusSettings, SerialSettings
 from attic.simulate_modbus import SimulatedMeter
-from attic.sources.modbus import REOPEN_AFTER, Bus, PollError
+from attic.sources.modbus import REOPEN_AFTER, Bus, ModbusSource, PollError
 from attic.sources.registers import RegisterSpec, plan_blocks
-from tests.support import free_port, wait_for
+from tests.support import free_port, wait_for, write_config
 
 SPECS = (RegisterSpec("v", 0, "int16"), RegisterSpec("f", 0, "float32", "input"))
 BLOCKS = plan_blocks(SPECS)
@@ -105,3 +109,44 @@ def test_retries_of_a_failing_unit_wait_for_regular_polls(bus):
     for thread in threads:
         thread.join(5)
     assert order[-2:] == ["regular", "probe"]
+
+
+def test_a_serial_port_that_cannot_be_opened_says_why(tmp_path):
+    missing = Bus(ModbusSettings(serial=SerialSettings(str(tmp_path / "ttyUSB9")), timeout_s=0.1))
+    listener = Listener()
+    missing.sources.append(listener)
+    with pytest.raises(PollError, match=r"cannot connect to .*ttyUSB9 \(no such device; is the adapter plugged in\?\)"):
+        missing.read(listener, 1, BLOCKS, 0.1)
+
+
+def test_a_serial_port_without_permission_says_what_to_do(tmp_path):
+    listener = Listener()
+    locked = tmp_path / "ttyS0"
+    locked.write_text("")
+    locked.chmod(0)
+    if os.access(locked, os.R_OK):
+        pytest.skip("running as root: every file is accessible")
+    with pytest.raises(PollError, match="permission denied; add the user to the port's group, usually dialout"):
+        Bus(ModbusSettings(serial=SerialSettings(str(locked)), timeout_s=0.1)).read(listener, 1, BLOCKS, 0.1)
+
+
+def test_a_gateway_that_cannot_be_reached_is_tried_once_per_slot_not_once_per_unit(tmp_path):
+    port = free_port()  # nothing listens there
+    config = load_config(write_config(tmp_path, f"""
+        streams:
+          - {{name: m, every: 1s, modbus: {{host: 127.0.0.1, port: {port}, units: [1, 2, 3], timeout: 0.2s,
+                                            registers: [{{name: v, address: 0}}]}}}}
+    """))
+    events: list[tuple[str, str]] = []
+    source = ModbusSource(config.stream("m"), config, queue.Queue(), lambda kind, detail: events.append((kind, detail)))
+    try:
+        client, attempts = source.bus.client, []
+        connect = client.connect
+        client.connect = lambda: attempts.append(1) or connect()
+        source._poll_slot(datetime.now(timezone.utc))
+        failed = [detail for kind, detail in events if kind == "poll_failed"]
+        assert [d.split(":")[0] for d in failed] == ["unit 1 at 127.0.0.1", "unit 2 at 127.0.0.1", "unit 3 at 127.0.0.1"]
+        assert all(f"cannot connect to 127.0.0.1:{port} (1 in a row" in d for d in failed), failed
+        assert len(attempts) == 1 and source.unit_failed == {1: 1, 2: 1, 3: 1}
+    finally:
+        source.close()

@@ -23,6 +23,7 @@ pymodbus and APScheduler are imported only here: both change their APIs between 
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 import time
@@ -128,6 +129,7 @@ class Bus:
 
     def __init__(self, settings: ModbusSettings):
         self.address = settings.address
+        self.serial = settings.serial is not None
         if settings.serial is not None:
             s = settings.serial
             self.client: Any = ModbusSerialClient(s.port, baudrate=s.baudrate, parity=s.parity, stopbits=s.stopbits,
@@ -183,7 +185,7 @@ class Bus:
             response = read(block.address, count=block.count, device_id=unit)
         except ConnectionException:
             client.close()
-            raise PollError(f"cannot connect to {self.address}" if self.up is not True
+            raise PollError(f"cannot connect to {self.address}{self._why()}" if self.up is not True
                             else f"connection to {self.address} lost", connection=True) from None
         except ModbusIOException:
             raise PollError(f"no response within {timeout_s:g}s") from None
@@ -195,6 +197,16 @@ class Bus:
             raise PollError(f"answered exception {code} ({EXCEPTIONS.get(code, 'unknown')}) to a read of "
                             f"{block.table} {block.address}-{block.address + block.count - 1}")
         return response.bits[:block.count] if block.table in BIT_TABLES else response.registers
+
+    def _why(self) -> str:
+        """For a serial port that cannot be opened, the likely reason (pymodbus keeps it to itself)."""
+        if not self.serial or "://" in self.address:
+            return ""
+        if not os.path.exists(self.address):
+            return " (no such device; is the adapter plugged in?)"
+        if not os.access(self.address, os.R_OK | os.W_OK):
+            return " (permission denied; add the user to the port's group, usually dialout)"
+        return ""
 
     def _failed(self, exc: PollError) -> None:
         self.failures += 1
@@ -338,11 +350,15 @@ class ModbusSource:
         self._note_gap(slot)
         self.polls += 1
         deadline_us = to_us(self.schedule.next_after(slot)) - int(PROBE_MARGIN_S * US)
+        unreachable = None  # the bus could not be reached in this slot: the other units are not tried again
         for unit in sorted(self.units, key=lambda u: self.state[u].failures > 0):  # answering units first
             state = self.state[unit]
             if self._stopping.is_set():
                 return
             if state.failures and slot_us < state.next_try_us:
+                continue
+            if unreachable is not None:
+                self._unit_failed(unit, slot_us, unreachable)
                 continue
             timeout_s = self.settings.timeout_s
             if state.failures:
@@ -355,6 +371,8 @@ class ModbusSource:
                 for block, data in zip(self.blocks, results, strict=True):
                     values.update(decode_block(block, data))
             except (PollError, ValueError) as exc:
+                if isinstance(exc, PollError) and exc.connection:
+                    unreachable = str(exc)  # each further unit would wait for its own connect timeout
                 self._unit_failed(unit, slot_us, str(exc))
                 continue
             fields = {name: values[name] for name in self.names}
