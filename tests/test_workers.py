@@ -317,3 +317,32 @@ def test_from_two_workers_to_one_between_runs_drains_what_they_held(tmp_path, br
     assert not session_present(broker.port, f"{ns}-tele-w2")
     sessions = json.loads((root / "tele" / ".sessions.json").read_text())["sessions"]
     assert [s["client_id"] for s in sessions] == [f"{ns}-tele"]
+
+
+def test_from_one_to_two_workers_on_reload_loses_nothing(tmp_path, broker, ns):
+    root = tmp_path / "logs"
+    config = write_config(tmp_path, config_text(broker.port, ns, 1))
+    attic = AtticProcess(config).start()
+    sender = None
+    try:
+        broker.wait_subscribed(f"{ns}-tele", f"{ns}/#")
+        sender = threading.Thread(target=publish, args=(broker.port, numbered(ns, 0, 12000)))
+        sender.start()
+        wait_for(lambda: len(numbers(root)) >= 2000, 30, message="2000 rows in the plain stream")
+        write_config(tmp_path, config_text(broker.port, ns, 2))
+        attic.signal(signal.SIGHUP)
+        attic.wait_log("reload: added -; removed -; changed tele; 0 unchanged", 20)
+        # the plain session leaves only once a worker's shared subscription is confirmed: no gap
+        attic.wait_log(f"drained session {ns}-tele:", 30)
+        sender.join(60)
+        wait_for(lambda: set(numbers(root)) == set(range(12000)), 60, message="all 12000 numbers")
+    finally:
+        if sender is not None:
+            sender.join(60)
+        code = attic.stop()
+    assert code == 0
+    assert numbers(root, ".w1.") and numbers(root, ".w2.")
+    # What arrived while both the plain subscription and the group existed is stored by both sides.
+    repeats = len(numbers(root)) - 12000
+    assert 0 <= repeats < 12000
+    assert not session_present(broker.port, f"{ns}-tele")
