@@ -175,7 +175,8 @@ def test_chain_runs_in_order_counts_drops_fans_out_and_turns_tuples_into_records
     records, rejects = chain.process(batch)
     assert [(r.ts_us, r.topic, r.table, r.fields, r.qos) for r in records] == [
         (1, "a", "messages", {"n": 1}, 1), (1, "a", "twins", {"n": 1}, 1)]
-    assert [r.row() for r in rejects] == [(3, "modbus/m/1", None, "json_fields", "no payload to read JSON from")]
+    assert [r.row() for r in rejects] == [  # a Modbus row's reject keeps its values as JSON
+        (3, "modbus/m/1", b'{"n": 9}', "json_fields", "no payload to read JSON from")]
     assert chain.filtered == 1 and chain.filtered_by == {"json_fields": 0, "split": 1, "range_check": 0}
     assert chain.last_drop == "split"
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import sqlite3
 import statistics
@@ -299,6 +300,8 @@ def test_rtu_units_on_a_serial_line_go_through_the_streams_filters(tmp_path, met
     rejects = all_rows(root, "rs485", "SELECT ts_us, topic, stage, error FROM attic_rejects")
     assert len(rejects) >= len(rows) - 1 and {r[1:] for r in rejects} == {
         ("modbus/rs485/4", "range_check", "v 50 is above max 10")}
+    payloads = [json.loads(p) for (p,) in all_rows(root, "rs485", "SELECT payload FROM attic_rejects")]
+    assert all(p["v"] == 50 and "f" in p for p in payloads)  # a rejected row keeps its values
     assert meter.connections == 1  # one serial line for both units
 
 

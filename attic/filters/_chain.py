@@ -11,6 +11,8 @@ would otherwise fail the whole batch's commit and be retried for ever.
 
 from __future__ import annotations
 
+import json
+
 import logging
 import traceback
 from collections.abc import Callable
@@ -123,6 +125,8 @@ class FilterChain:
                 current = [Record(ts, topic, payload, item[3], item[4])]
             else:
                 ts, topic, payload = item.ts_us, item.topic, item.payload
+                if payload is None and item.fields:  # a Modbus row: a reject keeps its values, as JSON
+                    payload = json.dumps(item.fields, default=str).encode()
                 current = [item]
             for name, place, fn in steps:
                 following: list[Record] = []
