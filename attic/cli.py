@@ -98,7 +98,11 @@ def check(config_path: str) -> None:
                 what += f", {stream.workers} workers"
         else:
             schedule = f"every {format_duration(stream.every_s)}" if stream.every_s else f"cron {stream.cron!r}"
-            what = f"modbus {schedule}"
+            bus = stream.modbus
+            where = f"{bus.serial.port} {bus.serial.baudrate} baud" if bus.serial else f"{bus.host}:{bus.port}"
+            units = ",".join(map(str, bus.units))
+            regs = f"device {bus.device}" if bus.device else f"{len(bus.registers)} registers"
+            what = f"modbus {where} unit{'s' if len(bus.units) > 1 else ''} {units}, {regs}, {schedule}"
         click.echo(f"  {stream.name}: {what}; {filters}")
     report = config.report
     extras = [f"JSON on {report.topic!r}"] if report.topic else []
