@@ -134,4 +134,5 @@ def test_check_lists_modbus_streams_without_contacting_them(tmp_path):
     result = CliRunner().invoke(main, ["check", "-c", str(path)])
     assert result.exit_code == 0, result.output
     assert time.monotonic() - started < 5  # 192.0.2.1 (TEST-NET) would time out if check connected
-    assert "meter: modbus every 15m" in result.output and "daily: modbus cron '0 0 * * *'" in result.output
+    assert "meter: modbus 192.0.2.1:502 unit 1, device eastron_sdm630, every 15m; no filters" in result.output
+    assert "daily: modbus 192.0.2.1:502 unit 2, device eastron_sdm120, cron '0 0 * * *'" in result.output
