@@ -106,7 +106,6 @@ class Service:
     def start(self) -> None:
         """Start every stream; if one cannot start, stop the ones started and re-raise."""
         try:
-            self.supervisor.reconcile(self.config)
             for stream_config in self.config.streams:
                 if stream_config.workers > 1:
                     self.supervisor.start_group(stream_config, self.config, stream_key(stream_config, self.config))
@@ -115,6 +114,7 @@ class Service:
                 stream.key = stream_key(stream_config, self.config)
                 stream.start()
                 self.streams[stream.name] = stream
+            self.supervisor.reconcile(self.config)  # sessions earlier runs left (fewer workers now): drained
         except BaseException:
             self.stop()
             raise

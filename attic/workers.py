@@ -617,10 +617,13 @@ class Supervisor:
         self.stop_intake()
         with self._lock:
             procs = [p for g in self.groups.values() for p in g.procs.values()]
-            procs += [d.proc for d in self.drains.values() if d.proc is not None]
+            drains = [d for d in self.drains.values() if d.proc is not None]
             self.groups.clear()
             self.drains.clear()
-        finished = self._stop_procs(procs, timeout + 5.0)
+        finished = self._stop_procs(procs + [d.proc for d in drains], timeout + 5.0)
+        for drain in drains:
+            if drain.proc.drained.is_set():  # done just before the stop: still take it off the record
+                self._forget(drain)
         self._closed.set()
         if self._thread is not None:
             self._thread.join(5.0)
@@ -764,11 +767,7 @@ class Supervisor:
         drain.proc.close()
         if drain.proc.drained.is_set():
             del self.drains[client_id]
-            folder = drain.proc.job.config.storage.root / drain.stream
-            try:
-                write_sessions(folder, [s for s in read_sessions(folder) or [] if s["client_id"] != client_id])
-            except OSError as exc:
-                log.warning("stream %s: cannot update %s (%s)", drain.stream, folder / SESSIONS_FILE, exc)
+            self._forget(drain)
             return
         drain.failures += 1
         delay = min(DRAIN_RETRY_S[0] * 2 ** (drain.failures - 1), DRAIN_RETRY_S[1])
@@ -776,6 +775,17 @@ class Supervisor:
                     drain.stream, client_id, code, delay)
         drain.proc = None
         drain.not_before = time.monotonic() + delay
+
+
+    @staticmethod
+    def _forget(drain: Drain) -> None:
+        """A drained session is gone from the broker: take it off the stream's record."""
+        folder = drain.proc.job.config.storage.root / drain.stream
+        client_id = drain.session["client_id"]
+        try:
+            write_sessions(folder, [s for s in read_sessions(folder) or [] if s["client_id"] != client_id])
+        except OSError as exc:
+            log.warning("stream %s: cannot update %s (%s)", drain.stream, folder / SESSIONS_FILE, exc)
 
 
 # --------------------------------------------------------------------------- the sessions record
