@@ -651,7 +651,8 @@ class Supervisor:
                 except OSError as exc:
                     log.error("stream %s: cannot read or write %s (%s); sessions of removed workers are "
                               "not drained", stream.name, config.storage.root / stream.name / SESSIONS_FILE, exc)
-        self._ensure_thread()
+            if self.drains:
+                self._ensure_thread()
 
     def _reconcile_stream(self, stream: StreamConfig, folder: Path, config: Config) -> None:
         wanted = sessions_for(stream)
