@@ -126,9 +126,10 @@ def sql(root: Path, stream: str, query: str) -> list[tuple]:
     return rows
 
 
-def drain_window_s(root: Path, stream: str) -> float:
-    """From the stream's `connected` event to the reception of its last row, in seconds."""
-    connected = min(ts for (ts,) in sql(root, stream, "SELECT ts_us FROM attic_events WHERE kind='connected'"))
+def drain_window_s(root: Path, stream: str, since_us: int = 0) -> float:
+    """From the stream's first `connected` event after ``since_us`` to the reception of its last row, in seconds."""
+    connected = min(ts for (ts,) in sql(root, stream, "SELECT ts_us FROM attic_events WHERE kind='connected'")
+                    if ts >= since_us)
     last = max(ts for (ts,) in sql(root, stream, "SELECT max(ts_us) FROM messages") if ts is not None)
     return (last - connected) / 1e6
 
