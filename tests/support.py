@@ -97,8 +97,12 @@ def write_config(folder: Path, text: str, name: str = "config.yaml") -> Path:
 
 
 def stream_files(root: Path, stream: str) -> list[Path]:
-    """Every file of a stream, in time order."""
-    return sorted((Path(root) / stream).glob("*/*.sqlite"), key=lambda p: (int(p.name.split(".")[0]), p.name))
+    """Every file of a stream, in time order: ``<start>[.<writer>][.<n>].sqlite``, S before S.2 before S.3."""
+    def order(path: Path) -> tuple:
+        parts = path.name.split(".")[:-1]
+        n = int(parts[-1]) if len(parts) > 1 and parts[-1].isdigit() else 1
+        return int(parts[0]), n, path.name
+    return sorted((Path(root) / stream).glob("*/*.sqlite"), key=order)
 
 
 def query(path: Path, sql: str, params: tuple = ()) -> list[tuple]:

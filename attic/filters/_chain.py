@@ -12,7 +12,6 @@ would otherwise fail the whole batch's commit and be retried for ever.
 from __future__ import annotations
 
 import json
-
 import logging
 import traceback
 from collections.abc import Callable
