@@ -17,6 +17,7 @@ import json
 import logging
 import signal
 import threading
+import time
 import uuid
 from collections.abc import Mapping
 from typing import Any
@@ -154,7 +155,9 @@ class Service:
             self.watches.append(watch)
 
     def stop(self, timeout: float = 30.0) -> bool:
-        """Stop every stream in order; return False if one did not finish in time."""
+        """Stop every stream in order within one shared ``timeout`` (so that several slow streams
+        still finish inside systemd's TimeoutStopSec); return False if one did not finish in time."""
+        deadline = time.monotonic() + timeout
         if self.reporter is not None:
             self.reporter.stop()
             self.reporter = None
@@ -166,9 +169,9 @@ class Service:
         for stream in self.streams.values():
             stream.source.stop_intake()
         for stream in list(self.streams.values()):
-            finished &= stream.stop(timeout=timeout)
+            finished &= stream.stop(timeout=max(1.0, deadline - time.monotonic()))
         self.streams.clear()
-        finished &= self.supervisor.stop(timeout)
+        finished &= self.supervisor.stop(max(1.0, deadline - time.monotonic()))
         return finished
 
     def reload_from_file(self) -> bool:
