@@ -4,12 +4,15 @@ Each round: Attic starts once so its session(s) exist and are subscribed, stops,
 is published (Mosquitto queues each message for one member of the share group, online or
 not), and Attic starts again and drains it. The rate runs from the first ``connected`` event
 to the reception of the last row, over every writer's files; "busiest share" is the largest
-fraction of rows one writer stored (0.5 is an even split).
+fraction of rows one writer stored (0.5 is an even split). "cores busy" is the whole machine's
+CPU use while draining (from /proc/stat; 2.0 = both cores of this machine), "broker cores" the
+part Mosquitto took: what is left for Attic bounds what a second worker can add.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sqlite3
 import time
 from pathlib import Path
@@ -22,8 +25,10 @@ from benchmarks.harness import (
     files_of,
     fill_backlog,
     machine,
+    machine_busy,
     median_of,
     print_table,
+    process_cpu_s,
     wait_rows,
 )
 
@@ -51,9 +56,11 @@ def drain(folder: Path, count: int, workers: int) -> dict:
                 raise SystemExit(f"attic exited non-zero; see {config.with_suffix('.log')}")
         fill_backlog(mosquitto.port, "bench/workers/x", count)
         restarted_us = time.time_ns() // 1000
+        busy_before, broker_before = machine_busy(), process_cpu_s(mosquitto.proc.pid)
         run = AtticRun(config)
         try:
             wait_rows(folder / "logs", "drain", count)
+            busy_after, broker_cpu = machine_busy(), process_cpu_s(mosquitto.proc.pid) - broker_before
         finally:
             code = run.stop()
         if code != 0:
@@ -62,7 +69,11 @@ def drain(folder: Path, count: int, workers: int) -> dict:
         shares = _shares(folder / "logs")
     finally:
         mosquitto.stop()
-    return {"rate": count / seconds, "busiest": max(shares.values()) / count}
+    cores = os.cpu_count() or 1
+    busy = (busy_after[0] - busy_before[0]) / (busy_after[1] - busy_before[1]) * cores
+    wall = (busy_after[1] - busy_before[1]) / cores / os.sysconf("SC_CLK_TCK")
+    return {"rate": count / seconds, "busiest": max(shares.values()) / count, "busy": busy,
+            "broker": broker_cpu / wall}
 
 
 def _shares(root: Path) -> dict[str, int]:
@@ -86,9 +97,11 @@ def measure(messages: int = 100_000, rounds: int = 3) -> dict[str, dict]:
 
 def table(figures: dict[str, dict], messages: int, rounds: int) -> tuple[str, list[str], list[list[object]]]:
     one = figures[ONE]["rate"]
-    rows = [[name, round(v["rate"]), v["rate"] / one, v["busiest"]] for name, v in figures.items()]
+    rows = [[name, round(v["rate"]), v["rate"] / one, v["busiest"], v["busy"], v["broker"]]
+            for name, v in figures.items()]
     return (f"Drain {messages:,} QoS 1 messages with 1 and 2 worker processes (shared subscription), "
-            f"median of {rounds} ({machine()})", ["variant", "msg/s", "vs 1 worker", "busiest share"], rows)
+            f"median of {rounds} ({machine()})",
+            ["variant", "msg/s", "vs 1 worker", "busiest share", "cores busy", "broker cores"], rows)
 
 
 def main(argv: list[str] | None = None) -> None:
