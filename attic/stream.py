@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import queue
 import socket
+import sqlite3
 import time
+from pathlib import Path
 from typing import Any
 
 from attic import __version__
@@ -22,6 +25,25 @@ def build_chain(stream: StreamConfig, config: Config) -> Any:
         return None
     from attic.filters import load_chain
     return load_chain(stream.filters, config.filters_dir)
+
+
+def earlier_topic(store: RotatingStore) -> str | None:
+    """The topic in the stream config of this writer's newest file (an earlier run or config), if any."""
+    def order(path: Path) -> tuple[int, int]:
+        parts = path.name.split(".")[:-1]
+        return int(parts[0]), int(parts[-1]) if len(parts) > 1 and parts[-1].isdigit() else 1
+    newest = max(store.own_files(), key=order, default=None)
+    if newest is None:
+        return None
+    try:
+        conn = sqlite3.connect(f"file:{newest}?mode=ro", uri=True)
+        try:
+            row = conn.execute("SELECT value FROM attic_meta WHERE key = 'stream_config'").fetchone()
+        finally:
+            conn.close()
+        return json.loads(row[0]).get("topic") if row else None
+    except (sqlite3.Error, ValueError, AttributeError):
+        return None  # a damaged or foreign file: nothing to compare with
 
 
 class Stream:
@@ -53,6 +75,9 @@ class Stream:
                                      self.writer.event, stream.stall_after_s, worker, workers)
             if self.source.manual_ack:
                 self.writer.ack = self.source.ack
+            earlier = earlier_topic(self.store)
+            if self.source.persistent and earlier is not None and earlier != stream.topic:
+                self.source.unsubscribe = [f"$share/attic-{stream.name}/{earlier}" if workers > 1 else earlier]
         else:
             from attic.sources.modbus import ModbusSource
             self.source = ModbusSource(stream, config, self.queue, self.writer.event)

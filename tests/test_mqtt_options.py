@@ -152,3 +152,31 @@ def test_durability_sets_synchronous(tmp_path, durability, level):
     with pytest.raises(sqlite3.OperationalError):
         sqlite3.connect(f"file:{tmp_path / 'f.sqlite'}?mode=ro", uri=True).execute("INSERT INTO messages "
                                                                                      "VALUES (1,'a',NULL,0,0)")
+
+
+def test_a_changed_topic_leaves_the_old_subscription_and_keeps_what_was_queued(tmp_path, broker, ns):
+    root = tmp_path / "logs"
+    old, new = f"{ns}/old/#", f"{ns}/new/#"
+    config = write_config(tmp_path, f"""
+        broker: {{host: 127.0.0.1, port: {broker.port}, client_id: "{ns}-{{stream}}"}}
+        storage: {{root: logs}}
+        streams: [{{name: s, topic: "{old}", qos: 1}}]
+    """)
+    attic = AtticProcess(config).start()
+    broker.wait_subscribed(f"{ns}-s", old)
+    assert attic.stop() == 0
+    publish(broker.port, [(f"{ns}/old/x", b"queued while down")], qos=1)
+    config.write_text(config.read_text().replace(old, new))
+    attic = AtticProcess(config, log=tmp_path / "second.log").start()
+    try:
+        broker.wait_subscribed(f"{ns}-s", new)
+        attic.wait_log("unsubscribed its session from the earlier topic")
+        publish(broker.port, [(f"{ns}/old/x", b"after the change"), (f"{ns}/new/x", b"new")], qos=1)
+        wait_for(lambda: committed_count(root, "s") >= 2, 10, message="the new topic's message")
+    finally:
+        assert attic.stop() == 0
+    # one session, in order: had the old subscription stayed, "after the change" would come before "new"
+    assert [p for (p,) in all_rows(root, "s", "SELECT payload FROM messages ORDER BY ts_us")] == [
+        b"queued while down", b"new"]
+    events = all_rows(root, "s", "SELECT detail FROM attic_events WHERE kind = 'unsubscribed'")
+    assert events == [(old,)]

@@ -108,6 +108,7 @@ class MqttSource:
         self.subscribed = threading.Event()  # the broker confirmed the subscription on this connection
         self.session_present = False         # the last connect resumed a session the broker held
         self.subscribe_on_connect = True     # off for a drain (attic.workers): it only empties the session
+        self.unsubscribe: list[str] = []     # topics an earlier config subscribed this session to (Stream)
         self._watchdog: threading.Thread | None = None
         self.client = make_client(broker, self.client_id, self.persistent, manual_ack=self.manual_ack)
         self.client.on_connect = self._on_connect
@@ -197,6 +198,14 @@ class MqttSource:
             client.subscribe(self.topic, options=SubscribeOptions(qos=self.qos, retainHandling=1))
         else:
             client.subscribe(self.topic, self.qos)
+        if self.unsubscribe and self.session_present:
+            # the stream's topic changed: a persistent session keeps the old subscription (and would
+            # keep receiving its messages) until it is removed; messages already queued still arrive
+            stale, self.unsubscribe = self.unsubscribe, []
+            client.unsubscribe(stale)
+            log.info("stream %s: unsubscribed its session from the earlier topic %s", self.stream,
+                     ", ".join(stale))
+            self.event("unsubscribed", ", ".join(stale))
 
     def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
         for code in reason_codes:
