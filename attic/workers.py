@@ -777,7 +777,6 @@ class Supervisor:
         drain.proc = None
         drain.not_before = time.monotonic() + delay
 
-
     @staticmethod
     def _forget(drain: Drain) -> None:
         """A drained session is gone from the broker: take it off the stream's record."""
