@@ -32,7 +32,7 @@ def earlier_topic(store: RotatingStore) -> str | None:
     def order(path: Path) -> tuple[int, int]:
         parts = path.name.split(".")[:-1]
         return int(parts[0]), int(parts[-1]) if len(parts) > 1 and parts[-1].isdigit() else 1
-    newest = max(store.own_files(), key=order, default=None)
+    newest = max((p for p in store.own_files() if p.name.split(".")[0].isdigit()), key=order, default=None)
     if newest is None:
         return None
     try:
