@@ -31,6 +31,7 @@ from attic.periods import US, Period, period_of
 
 log = logging.getLogger("attic.store")
 DAY_FOLDER = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+LATE_US = 250_000  # an idle writer closes a file this long after its period (see tick)
 
 
 class StoreLocked(Exception):
@@ -206,9 +207,15 @@ class RotatingStore:
             log.error("stream %s: cannot close %s yet (%s); retrying", self.stream, file.path, exc)
             self.closing.append(file)
 
-    def tick(self, now_us: int) -> None:
-        """Close the open file once its period is over; retry files a reader kept from closing."""
-        if self.current is not None and now_us >= self.current.end_us:
+    def tick(self, now_us: int, idle: bool = True) -> None:
+        """Close the open file once its period is over; retry files a reader kept from closing.
+
+        The open file is closed by the clock only when the writer is ``idle`` (its queue empty) and
+        ``LATE_US`` after its period ended: a record stamped just before the end may still be on its
+        way, and closing first would give it a second file of the same period (``<start>.2``). A busy
+        stream rotates anyway, on the first record of the next period (``file_for``).
+        """
+        if self.current is not None and idle and now_us >= self.current.end_us + LATE_US:
             current, self.current = self.current, None
             self._close(current, now_us, "rotation")
             self._retention_due = self.keep_s is not None
@@ -264,7 +271,7 @@ class RotatingStore:
         """When tick() next has work to do (end of the open file's period), or None."""
         if self.closing or self.unfinished:
             return time.time_ns() // 1000 + 5 * US
-        return self.current.end_us if self.current is not None else None
+        return self.current.end_us + LATE_US if self.current is not None else None
 
     def commit(self) -> None:
         if self.current is not None:

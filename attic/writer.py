@@ -213,7 +213,7 @@ class Writer:
                         break  # input went idle: commit now (group commit)
             if batch or not self.events.empty():
                 self._flush(batch)
-            self.store.tick(time.time_ns() // 1000)
+            self.store.tick(time.time_ns() // 1000, idle=self.queue.empty())
             if isinstance(control, Stop) or self._hurry.is_set():
                 self._finish()
                 return
