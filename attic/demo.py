@@ -117,8 +117,12 @@ class Demo:
     def run(self) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(sig, self._signal)
-        self.root.mkdir(parents=True, exist_ok=True)
-        log = logging.FileHandler(self.root / "attic.log")
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            log = logging.FileHandler(self.root / "attic.log")
+        except OSError as exc:
+            raise OSError(f"--root {self.root}: cannot write there ({exc.strerror}); give a folder you can "
+                          "write, e.g. --root ./attic-demo") from None
         log.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         logging.basicConfig(level=logging.INFO, handlers=[log], force=True)
         try:

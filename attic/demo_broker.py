@@ -19,7 +19,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from attic.mosquitto import Mosquitto, free_port, mosquitto_binary, wait_for
+from attic.mosquitto import Mosquitto, free_port, mosquitto_binary, stop_process, wait_for
 
 CHOICES = ("auto", "mosquitto", "amqtt")
 
@@ -75,13 +75,7 @@ class AmqttBroker:
         return f"listening on 127.0.0.1:{self.port}" in text
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
 
 
 def start_broker(folder: Path, choice: str | None = None) -> Mosquitto | AmqttBroker:

@@ -38,6 +38,17 @@ def wait_for(condition: Callable[[], object], timeout: float = 10.0, interval: f
         time.sleep(interval)
 
 
+def stop_process(proc: subprocess.Popen | None, timeout: float = 10.0) -> None:
+    """SIGTERM a process we started (by its PID) and wait; SIGKILL it if it does not end in ``timeout``."""
+    if proc is not None and proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def mosquitto_binary() -> str | None:
     """The mosquitto executable, also when /usr/sbin is not on PATH."""
     return shutil.which("mosquitto") or next(
@@ -101,13 +112,7 @@ class Mosquitto:
                  message=f"{client_id_part} subscribing to {topic}")
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
 
     def kill(self) -> None:
         if self.proc and self.proc.poll() is None:

@@ -9,7 +9,20 @@ from __future__ import annotations
 
 from collections.abc import Hashable
 
+from attic.durations import parse_duration
+
 US = 1_000_000
+
+
+def span_option(name: str, value: str | float) -> float:
+    """An option that is a duration longer than 0, in seconds; ValueError naming the option if not."""
+    try:
+        span = parse_duration(value)
+    except ValueError as exc:
+        raise ValueError(f"{name} {exc}") from None
+    if span <= 0:
+        raise ValueError(f"{name} must be longer than 0")
+    return span
 
 
 class Recent:

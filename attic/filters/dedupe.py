@@ -23,19 +23,13 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 
-from attic.durations import parse_duration
-from attic.filters._recent import Recent
+from attic.filters._recent import Recent, span_option
 from attic.record import Record
 
 
 def make(window: str | float) -> Callable[[Record], Record | None]:
     """Given the window, return the filter. Raise ValueError for a bad duration."""
-    try:
-        span = parse_duration(window)
-    except ValueError as exc:
-        raise ValueError(f"window {exc}") from None
-    if span <= 0:
-        raise ValueError("window must be longer than 0")
+    span = span_option("window", window)
     recent = Recent(span)
 
     def dedupe(record: Record) -> Record | None:

@@ -21,8 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Hashable
 
-from attic.durations import parse_duration
-from attic.filters._recent import Recent
+from attic.filters._recent import Recent, span_option
 from attic.record import Record
 
 
@@ -44,12 +43,7 @@ def key_function(key: str | list[str]) -> Callable[[Record], Hashable]:
 
 def make(interval: str | float, key: str | list[str] = "topic") -> Callable[[Record], Record | None]:
     """Given the interval and key, return the filter. Raise ValueError for bad options."""
-    try:
-        span = parse_duration(interval)
-    except ValueError as exc:
-        raise ValueError(f"interval {exc}") from None
-    if span <= 0:
-        raise ValueError("interval must be longer than 0")
+    span = span_option("interval", interval)
     key_of = key_function(key)
     recent = Recent(span)
 
